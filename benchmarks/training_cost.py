@@ -6,17 +6,19 @@ Rows: ``plain`` (cross-entropy only), ``ini_reference`` (second-order autograd) 
 ``ini_fast`` (VJP/JVP engine, same gradients). ``plain`` runs the same loop (optimiser,
 batches, gradient clipping) with the InI weights set to zero: cross-entropy only.
 
-Every engine runs in fresh subprocesses, so that one engine's allocations never flatter or
-burden another's:
-
-- *time*: trains ``--epochs`` epochs; ``s_per_epoch`` averages epochs 2..E (epoch 1 carries
-  one-off warm-up costs and is reported as ``s_first_epoch``), or epoch 1 when ``--epochs 1``.
-- *memory*: with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``, so freed
-  tensors go back to the OS instead of staying in the heap), warms up on two batches, resets
-  the kernel's peak-RSS mark (``/proc/self/clear_refs``; falls back to ``getrusage`` maxrss),
-  trains one epoch and reports ``peak_mem_mb`` = peak RSS − RSS just before training: the
-  extra memory one training step needs (activations, autograd graphs, optimiser state). On a
-  GPU device the CUDA peak allocation above the pre-training allocation is reported instead.
+- *time*: all engines train in this one process, interleaved: ``--rounds`` rounds, each
+  training every engine for ``--epochs`` epochs from a fresh model (so a slow spell of a
+  shared machine hits every engine alike). Per round an engine's time is the mean of epochs
+  2..E (epoch 1 carries one-off warm-up costs, reported as ``s_first_epoch``; epoch 1 is used
+  when ``--epochs 1``); ``s_per_epoch`` is the median over rounds.
+- *memory*: each engine in a fresh subprocess, so that one engine's allocations never
+  flatter or burden another's. With glibc's mmap threshold fixed at 64 KiB
+  (``MALLOC_MMAP_THRESHOLD_``, so freed tensors go back to the OS instead of staying in the
+  heap), warms up on two batches, resets the kernel's peak-RSS mark
+  (``/proc/self/clear_refs``; falls back to ``getrusage`` maxrss), trains one epoch and
+  reports ``peak_mem_mb`` = peak RSS − RSS just before training: the extra memory one
+  training step needs (activations, autograd graphs, optimiser state). On a GPU device the
+  CUDA peak allocation above the pre-training allocation is reported instead.
 
     python benchmarks/training_cost.py --out training_cost.json              # full: 3 epochs
     python benchmarks/training_cost.py --epochs 1 --limit 256 --out x.json   # quick check
@@ -31,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -67,80 +70,120 @@ def _peak_mb(reset_ok: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
-def worker(
-    engine: str, mode: str, epochs: int, limit: int | None, threads: int, device: str
-) -> dict[str, Any]:
-    """Train one engine in this process; ``mode`` is ``time`` or ``memory``."""
-    import torch
+class _Setup:
+    """mnist5k data, the OOD pool and a trainer for one engine (fresh models per call)."""
 
-    from stealproof.data import load_dataset, load_pool
-    from stealproof.ini import IniConfig, train_ini
-    from stealproof.models import create_model
+    def __init__(self, limit: int | None, threads: int, device: str) -> None:
+        import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    ds = load_dataset("mnist5k")
-    x, y = ds.train.images, ds.train.labels
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    pool = load_pool("shapes", channels=1, image_size=(28, 28), seed=0)
-    c, h, w = ds.input_shape
-    kwargs = {"in_channels": c, "image_size": (h, w), "num_classes": ds.num_classes}
-    ini = IniConfig(engine="fast" if engine == "ini_fast" else "reference", seed=0)
-    if engine == "plain":
-        ini = ini.model_copy(update={"gamma": 0.0, "delta": 0.0, "eps": 0.0, "beta": 0.0})
+        from stealproof.data import load_dataset, load_pool
 
-    def run(n_epochs: int, n_rows: int) -> list[float]:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        ds = load_dataset("mnist5k")
+        self.x, self.y = ds.train.images, ds.train.labels
+        if limit is not None:
+            self.x, self.y = self.x[:limit], self.y[:limit]
+        self.pool = load_pool("shapes", channels=1, image_size=(28, 28), seed=0)
+        c, h, w = ds.input_shape
+        self.kwargs = {"in_channels": c, "image_size": (h, w), "num_classes": ds.num_classes}
+        self.device = device
+
+    @staticmethod
+    def config(engine: str) -> Any:
+        from stealproof.ini import IniConfig
+
+        ini = IniConfig(engine="fast" if engine == "ini_fast" else "reference", seed=0)
+        if engine == "plain":
+            ini = ini.model_copy(update={"gamma": 0.0, "delta": 0.0, "eps": 0.0, "beta": 0.0})
+        return ini
+
+    def run(self, engine: str, n_epochs: int, n_rows: int) -> list[float]:
+        """Seconds of each epoch of a fresh victim trained with ``engine``."""
+        import torch
+
+        from stealproof.ini import train_ini
+        from stealproof.models import create_model
+
         torch.manual_seed(0)
-        victim = create_model("lenet", **kwargs)
+        victim = create_model("lenet", **self.kwargs)
         torch.manual_seed(1)
-        clone = create_model("lenet", **kwargs)
-        cfg = ini.model_copy(update={"epochs": n_epochs})
-        result = train_ini(victim, clone, x[:n_rows], y[:n_rows], pool, cfg, device=device)
+        clone = create_model("lenet", **self.kwargs)
+        cfg = self.config(engine).model_copy(update={"epochs": n_epochs})
+        x, y = self.x[:n_rows], self.y[:n_rows]
+        result = train_ini(victim, clone, x, y, self.pool, cfg, device=self.device)
         return [row["seconds"] for row in result.history]
 
-    row: dict[str, Any] = {"engine": engine}
-    if mode == "time":
-        seconds = run(epochs, x.shape[0])
-        timed = seconds[1:] if len(seconds) > 1 else seconds
-        row.update(s_per_epoch=sum(timed) / len(timed), s_first_epoch=seconds[0])
+    def describe(self, epochs: int) -> dict[str, Any]:
+        import torch
+
+        return {
+            "epochs": epochs,
+            "n_train": int(self.x.shape[0]),
+            "batch_size": self.config("plain").batch_size,
+            "threads": torch.get_num_threads(),
+            "device": self.device,
+            "torch": torch.__version__,
+        }
+
+
+def time_engines(
+    engines: list[str], epochs: int, rounds: int, limit: int | None, threads: int, device: str
+) -> list[dict[str, Any]]:
+    """Time every engine in this process, interleaved over ``rounds`` (see the module doc)."""
+    setup = _Setup(limit, threads, device)
+    per_round: dict[str, list[float]] = {e: [] for e in engines}
+    first: dict[str, list[float]] = {e: [] for e in engines}
+    for r in range(rounds):
+        for engine in engines:
+            seconds = setup.run(engine, epochs, int(setup.x.shape[0]))
+            timed = seconds[1:] if len(seconds) > 1 else seconds
+            per_round[engine].append(sum(timed) / len(timed))
+            first[engine].append(seconds[0])
+            print(f"round {r + 1} {engine}: {per_round[engine][-1]:.3f} s/epoch", file=sys.stderr)
+    return [
+        {
+            "engine": e,
+            "s_per_epoch": statistics.median(per_round[e]),
+            "s_per_epoch_rounds": per_round[e],
+            "s_first_epoch": statistics.median(first[e]),
+            "rounds": rounds,
+            **setup.describe(epochs),
+        }
+        for e in engines
+    ]
+
+
+def memory_worker(engine: str, limit: int | None, threads: int, device: str) -> dict[str, Any]:
+    """Extra memory one training epoch of ``engine`` needs (run in a fresh process)."""
+    import torch
+
+    setup = _Setup(limit, threads, device)
+    setup.run(engine, 1, 2 * setup.config(engine).batch_size)  # warm-up: kernels, lazy imports
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    reset_ok = _reset_peak()
+    rss_before = _rss_mb()
+    setup.run(engine, 1, int(setup.x.shape[0]))
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20 - base
+        method = "cuda_max_allocated"
     else:
-        run(1, 2 * ini.batch_size)  # warm-up: kernels, lazy imports, one-off caches
-        cuda = torch.device(device).type == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated() / 2**20
-        reset_ok = _reset_peak()
-        rss_before = _rss_mb()
-        run(1, x.shape[0])
-        if cuda:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() / 2**20 - base
-            method = "cuda_max_allocated"
-        else:
-            peak = _peak_mb(reset_ok) - rss_before
-            method = "VmHWM" if reset_ok else "ru_maxrss"
-        row.update(peak_mem_mb=peak, rss_before_mb=rss_before, peak_method=method)
-    row.update(
-        epochs=epochs,
-        n_train=int(x.shape[0]),
-        batch_size=ini.batch_size,
-        threads=torch.get_num_threads(),
-        device=device,
-        torch=torch.__version__,
-    )
-    return row
+        peak = _peak_mb(reset_ok) - rss_before
+        method = "VmHWM" if reset_ok else "ru_maxrss"
+    return {"peak_mem_mb": peak, "rss_before_mb": rss_before, "peak_method": method}
 
 
-def _spawn(engine: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--mode", mode]
-    cmd += ["--epochs", str(args.epochs), "--threads", str(args.threads), "--device", args.device]
+def _spawn_memory(engine: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", engine]
+    cmd += ["--threads", str(args.threads), "--device", args.device]
     if args.limit is not None:
         cmd += ["--limit", str(args.limit)]
-    env = dict(os.environ)
-    if mode == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -152,36 +195,29 @@ def _spawn(engine: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write the JSON list here as well")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs timed per engine")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per engine per round")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
     ap.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset")
-    ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.epochs < 1 or (args.limit is not None and args.limit < 1):
-        ap.error("--epochs and --limit must be ≥ 1")
-    if args.worker:
-        print(
-            json.dumps(
-                worker(args.worker, args.mode, args.epochs, args.limit, args.threads, args.device)
-            )
-        )
+    if args.epochs < 1 or args.rounds < 1 or (args.limit is not None and args.limit < 1):
+        ap.error("--epochs, --rounds and --limit must be ≥ 1")
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker, args.limit, args.threads, args.device)))
         return 0
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = set(engines) - set(ENGINES)
     if unknown:
         ap.error(f"--engines: unknown {sorted(unknown)}; expected {', '.join(ENGINES)}")
-    rows: list[dict[str, Any]] = []
-    for engine in engines:
-        row = _spawn(engine, "time", args)
-        mem = _spawn(engine, "memory", args)
-        row.update({k: mem[k] for k in ("peak_mem_mb", "rss_before_mb", "peak_method")})
+    rows = time_engines(engines, args.epochs, args.rounds, args.limit, args.threads, args.device)
+    for row in rows:
+        row.update(_spawn_memory(row["engine"], args))
         row["machine"] = platform.machine()
-        rows.append(row)
         print(
-            f"{engine}: {row['s_per_epoch']:.3f} s/epoch, peak +{row['peak_mem_mb']:.1f} MB",
+            f"{row['engine']}: {row['s_per_epoch']:.3f} s/epoch, peak +{row['peak_mem_mb']:.1f} MB",
             file=sys.stderr,
         )
     plain = next((r for r in rows if r["engine"] == "plain"), None)
