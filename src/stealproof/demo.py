@@ -3,7 +3,8 @@
 Trains a victim (LeNet on ``mnist5k``; an MLP on ``digits`` with ``quick=True``), then for each
 registered defense at its demo strength spends a query budget through a metered black box and
 trains a soft-label clone and a label-only clone on the answers. Defenses registered later show
-up here automatically.
+up here automatically, except response-only ones (``in_demo = False``: ``deceptive``, a detection
+policy's answer to flagged rows).
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ class DemoReport:
     seconds: float
 
 
+def demo_defenses() -> list[str]:
+    """The defenses the demo runs: every registered one with ``in_demo`` (``none`` first)."""
+    names = [n for n in defenses.available() if defenses.get_defense_class(n).in_demo]
+    return sorted(names, key=lambda n: (n != "none", n))
+
+
 def run_demo(
     *,
     quick: bool = False,
@@ -81,7 +88,7 @@ def run_demo(
     make_clone = clone_factory_like(victim)
     attack = KnockoffNets(policy="random", seed=seed, train=scenario.clone_training)
     cache = CloneCache()
-    names = defense_names or sorted(defenses.available(), key=lambda n: (n != "none", n))
+    names = defense_names or demo_defenses()
     rows: list[DemoRow] = []
     test_x, test_y = ds.test.images, ds.test.labels
     task = progress.add_task("defenses", total=len(names)) if progress is not None else None

@@ -37,3 +37,12 @@ class UnknownNameError(StealproofError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class ClientBlockedError(StealproofError):
+    """A client was terminated by a detection policy; its queries are refused."""
+
+    def __init__(self, client_id: str, reason: str) -> None:
+        self.client_id = client_id
+        self.reason = reason
+        super().__init__(f"client {client_id!r} is blocked: {reason}")

@@ -8,7 +8,7 @@ over HTTP against the gateway go through this same interface.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,9 @@ from stealproof.defenses.identity import NoDefense
 from stealproof.defenses.topk import topk_mask
 from stealproof.errors import BudgetExhaustedError, InputValidationError
 from stealproof.metrics import kl_divergence, l1_distance
+
+if TYPE_CHECKING:
+    from stealproof.policy import ClientStatus, DetectionPolicy
 
 OutputMode = Literal["probs", "topk", "label"]
 
@@ -94,6 +97,10 @@ class BlackBox:
     budget: maximum rows this black box answers; ``None`` = unlimited.
     output: ``"probs"`` (released posteriors), ``"topk"`` (top ``top_k`` kept, renormalised)
         or ``"label"`` (one-hot of the released argmax).
+    policy: a :class:`~stealproof.policy.DetectionPolicy` that decides every answer for this
+        box's ``client_id`` (detectors, normal and deceptive defense, blocking). It carries its
+        own defense, so ``defense`` must then be ``None`` (pass ``DetectionPolicy(defense=...)``).
+        Several boxes may share one policy; clients are kept apart by ``client_id``.
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class BlackBox:
         top_k: int = 1,
         client_id: str = "default",
         batch_size: int = 512,
+        policy: DetectionPolicy | None = None,
     ) -> None:
         if budget is not None and budget < 0:
             raise InputValidationError(f"budget: expected a non-negative row count, got {budget}")
@@ -113,6 +121,18 @@ class BlackBox:
             raise InputValidationError(f"output: expected probs, topk or label, got {output!r}")
         if top_k < 1:
             raise InputValidationError(f"top_k: expected ≥ 1, got {top_k}")
+        if policy is not None:
+            from stealproof.policy import DetectionPolicy
+
+            if not isinstance(policy, DetectionPolicy):
+                raise InputValidationError(
+                    f"policy: expected a DetectionPolicy, got {type(policy).__name__}"
+                )
+            if defense is not None:
+                raise InputValidationError(
+                    "policy: a policy carries its own defense; pass "
+                    "DetectionPolicy(..., defense=...) instead of both defense and policy"
+                )
         self.victim = victim.eval()
         self.defense = defense
         self.budget = budget
@@ -120,6 +140,7 @@ class BlackBox:
         self.top_k = top_k
         self.client_id = client_id
         self.batch_size = batch_size
+        self.policy = policy
         shape = getattr(victim, "input_shape", None)
         self.input_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
         k = getattr(victim, "num_classes", None)
@@ -127,6 +148,7 @@ class BlackBox:
         self._rows = 0
         self._l1_sum = 0.0
         self._kl_sum = 0.0
+        self._flagged = 0
 
     @property
     def queries_used(self) -> int:
@@ -137,6 +159,15 @@ class BlackBox:
     def budget_left(self) -> int | None:
         """Rows left in the budget (``None`` when unlimited)."""
         return None if self.budget is None else self.budget - self._rows
+
+    @property
+    def flagged_rows(self) -> int:
+        """Rows this box answered that its policy flagged (0 without a policy)."""
+        return self._flagged
+
+    def policy_status(self) -> ClientStatus | None:
+        """This client's standing with the policy (all boxes of the client together)."""
+        return None if self.policy is None else self.policy.status(self.client_id)
 
     def meter(self) -> MeterReading:
         """Rows answered and mean L1 / KL distortion released so far."""
@@ -149,27 +180,40 @@ class BlackBox:
         """Answer a batch of images [B, C, H, W] in [0, 1] with released posteriors [B, K].
 
         Raises :class:`~stealproof.errors.BudgetExhaustedError` *before* answering when the
-        batch does not fit in the budget left (nothing is charged then).
+        batch does not fit in the budget left, and with a policy
+        :class:`~stealproof.errors.ClientBlockedError` before answering when the client is
+        blocked (nothing is charged then). The batch that gets a client blocked is answered.
         """
         x = check_images(x, "x", shape=self.input_shape)
         n = int(x.shape[0])
+        if self.policy is not None:
+            self.policy.ensure_allowed(self.client_id)
         if self.budget is not None and self._rows + n > self.budget:
             raise BudgetExhaustedError(self._rows, self.budget, n)
-        released, clean = defended_posteriors(
-            self.victim,
-            self.defense,
-            x,
-            batch_size=self.batch_size,
-            output=self.output,
-            top_k=self.top_k,
-        )
+        if self.policy is None:
+            released, clean = defended_posteriors(
+                self.victim,
+                self.defense,
+                x,
+                batch_size=self.batch_size,
+                output=self.output,
+                top_k=self.top_k,
+            )
+        else:
+            clean, logits = victim_posteriors(self.victim, x, self.batch_size)
+            response = self.policy.respond(self.client_id, x.to(clean.device), clean, logits)
+            released = apply_output_mode(response.released, self.output, self.top_k)
+            self._flagged += int(response.flags.sum())
         self._rows += n
         self._l1_sum += float(l1_distance(released, clean).sum())
         self._kl_sum += float(kl_divergence(released, clean).sum())
         return released.cpu()
 
     def __repr__(self) -> str:
+        guard = (
+            f"policy={self.policy!r}" if self.policy is not None else f"defense={self.defense!r}"
+        )
         return (
-            f"BlackBox(defense={self.defense!r}, output={self.output!r}, "
+            f"BlackBox({guard}, output={self.output!r}, "
             f"used={self._rows}, budget={self.budget}, client_id={self.client_id!r})"
         )

@@ -1,7 +1,8 @@
 """Unit tests for the baseline output-perturbation defenses (ALGORITHMS §1 table).
 
 Covers every registered baseline (``none``, ``top1``, ``topk``, ``rounding``, ``random``,
-``noise``, ``reverse_sigmoid``) at several strengths: outputs on the simplex, batch invariance,
+``noise``, ``reverse_sigmoid``) and ``deceptive`` (a detection policy's answer to flagged rows)
+at several strengths: outputs on the simplex, batch invariance,
 seeded determinism, L1 budgets, top-1 preservation (with adversarial ties), no mutation of the
 inputs, input and parameter validation, and hand-computed values of the math.
 """
@@ -36,7 +37,7 @@ ATOL = 1e-6
 SUM_ATOL = 1e-5
 NEG_ATOL = 1e-7
 
-BASELINES = ["none", "top1", "topk", "rounding", "random", "noise", "reverse_sigmoid"]
+BASELINES = ["none", "top1", "topk", "rounding", "random", "noise", "reverse_sigmoid", "deceptive"]
 
 #: (name, params) settings covering several strengths of every baseline.
 SETTINGS: list[tuple[str, dict[str, Any]]] = [
@@ -60,6 +61,9 @@ SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("reverse_sigmoid", {"beta": 1.0, "gamma": 0.2}),
     ("reverse_sigmoid", {"beta": 0.7, "gamma": 1.0}),
     ("reverse_sigmoid", {"beta": 1.0, "gamma": 1.0}),
+    ("deceptive", {"seed": 0}),
+    ("deceptive", {"top_min": 0.6, "top_max": 0.6, "seed": 1}),
+    ("deceptive", {"top_min": 0.51, "top_max": 1.0, "seed": 2}),
 ]
 
 
@@ -164,11 +168,17 @@ def test_every_baseline_is_registered_and_covered() -> None:
 
 def test_class_flags() -> None:
     flags = {n: defenses.get_defense_class(n) for n in BASELINES}
-    assert {n for n, c in flags.items() if c.preserves_top1} == {"none", "top1", "topk", "rounding"}
-    assert {n for n, c in flags.items() if c.randomized} == {"random", "noise"}
+    assert {n for n, c in flags.items() if c.preserves_top1} == {
+        "none",
+        "top1",
+        "topk",
+        "rounding",
+        "deceptive",
+    }
+    assert {n for n, c in flags.items() if c.randomized} == {"random", "noise", "deceptive"}
     assert defenses.create("none").l1_budget() == 0.0
     assert defenses.create("random", eps=0.7).l1_budget() == pytest.approx(0.7)
-    for name in ["top1", "topk", "rounding", "noise", "reverse_sigmoid"]:
+    for name in ["top1", "topk", "rounding", "noise", "reverse_sigmoid", "deceptive"]:
         assert defenses.create(name).l1_budget() is None
 
 
@@ -264,7 +274,7 @@ def test_different_seed_changes_output(setting: tuple[str, dict[str, Any]]) -> N
     x, y = fixed_batch()
     a = defenses.create(name, **{**params, "seed": 11})
     b = defenses.create(name, **{**params, "seed": 12})
-    active = params.get("eps", params.get("eps_z")) > 0
+    active = params.get("eps", params.get("eps_z", 1.0)) > 0
     for xs in [None, x]:
         for dtype in DTYPES:
             ya = a(xs, y.to(dtype))
@@ -285,7 +295,7 @@ def test_randomness_is_keyed_by_x_too(setting: tuple[str, dict[str, Any]]) -> No
     x, y = fixed_batch()
     d = make(setting)
     a, b = d(x, y), d(1.0 - x, y)
-    active = params.get("eps", params.get("eps_z")) > 0
+    active = params.get("eps", params.get("eps_z", 1.0)) > 0
     changed = int(((a - b).abs().amax(dim=1) > 1e-6).sum())
     assert (changed >= y.shape[0] // 2) if active else (changed == 0), (name, changed)
 

@@ -6,6 +6,7 @@
 
 from stealproof.defenses import (  # noqa: F401  (imported to register the defenses)
     am,
+    deceptive,
     grad2,
     identity,
     mad,

@@ -47,6 +47,9 @@ class Defense(ABC):
     randomized: ClassVar[bool] = False
     #: Parameters ``stealproof demo`` uses: a sensible strength at ~1 point defender cost.
     demo_params: ClassVar[dict[str, Any]] = {}
+    #: False for defenses that are a detection policy's answer to flagged rows rather than a
+    #: defense for every row (``deceptive``); ``stealproof demo`` leaves them out.
+    in_demo: ClassVar[bool] = True
     #: Config fields :meth:`prepare` reads to build the defense's models; the other fields are
     #: knobs that :meth:`replace` changes while sharing the models. ``None`` = every field.
     prepare_params: ClassVar[frozenset[str] | None] = None

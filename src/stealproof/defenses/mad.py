@@ -332,7 +332,7 @@ class MAD(_MADBase):
         if cfg.oracle == "argmin":
             idx = y64.argmin(dim=1)
         elif cfg.oracle == "random":
-            keys = _rng.row_keys(self._salt, y) if x is None else _rng.row_keys(self._salt, x, y)
+            keys = _rng.row_keys(self._salt, y if x is None else x)
             idx = torch.clamp((_rng.uniform(keys, 1)[:, 0] * k).long(), max=k - 1)
         else:
             idx = best_vertex(self.gram(x, y64), y64, cfg.eps, cfg.norm, cfg.score_interpolated)

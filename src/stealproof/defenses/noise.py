@@ -52,7 +52,7 @@ class LogitNoise(Defense):
     def perturb(self, x: Tensor | None, y: Tensor, logits: Tensor | None) -> Tensor:
         cfg = self.config
         assert isinstance(cfg, NoiseConfig)
-        keys = _rng.row_keys(self._salt, y) if x is None else _rng.row_keys(self._salt, x, y)
+        keys = _rng.row_keys(self._salt, y if x is None else x)
         k = y.shape[1]
         if cfg.norm == "l2":
             d = _rng.normal(keys, k)

@@ -64,5 +64,5 @@ class RandomMass(Defense):
 
     def perturb(self, x: Tensor | None, y: Tensor, logits: Tensor | None) -> Tensor:
         assert isinstance(self.config, RandomConfig)
-        keys = _rng.row_keys(self._salt, y) if x is None else _rng.row_keys(self._salt, x, y)
+        keys = _rng.row_keys(self._salt, y if x is None else x)
         return move_mass(y, random_receivers(y, keys), self.config.eps)

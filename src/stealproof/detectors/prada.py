@@ -1,0 +1,457 @@
+"""PRADA (Juuti et al., EuroS&P 2019): flag a client whose query distances stop looking normal.
+
+Natural queries sit at roughly normally distributed distances from the queries a client sent
+before; synthetic streams (JBDA's small sign steps around a seed set) do not. Per client and
+per predicted class ``c = argmax y`` PRADA keeps a growing set ``G_c``, a threshold ``T_c``, the
+*recorded* distances (those that grew ``G_c``) and the distance list ``D_c``. For each query x:
+
+* ``G_c`` empty: add x to ``G_c``, ``T_c = 0`` (no distance);
+* otherwise ``d = min_{g ∈ G_c} ‖x − g‖₂`` on the raw inputs; append d to ``D_c``; if
+  ``d > T_c``: add x to ``G_c``, record d and set ``T_c ← max(T_c, mean − std)`` of the recorded
+  distances (population std).
+
+Every ``check_every`` (10) queries of the client, the lists ``D_c`` with at least
+``min_class_distances`` (10) entries are pooled, values more than ``outlier_sigma`` (3) standard
+deviations from the pooled mean are dropped, and when more than ``min_pooled`` (100) remain the
+Shapiro–Wilk statistic W is computed (``scipy.stats.shapiro``). The client is flagged while
+``W < delta`` — the flag changes only at a check and holds in between. Every row answered
+while the client is flagged is reported flagged; its score is ``1 − W`` (0 before the first W).
+
+The distance step is vectorised: one ``torch.cdist`` (float64, no matrix-multiplication
+shortcut, so each distance is computed the same way whatever the batch) from the batch's rows
+to the ``G_c`` they find at the batch start, then the rows are processed in order and only the
+rows that join ``G_c`` inside the batch are compared, one at a time, with the later rows of
+their class. Decisions are therefore identical to a per-query implementation and independent
+of how a stream is split into batches. Each test costs time linear in the distances recorded so
+far (they are pooled afresh), so very long streams get slower per query.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from stealproof._validate import check_images, check_posteriors
+from stealproof.defenses.base import format_validation_error
+from stealproof.detectors.base import Detection, Detector
+from stealproof.errors import InputValidationError
+
+_CDIST_MODE = "donot_use_mm_for_euclid_dist"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+STATE_VERSION = 1
+
+
+class PradaConfig(BaseModel):
+    """PRADA's parameters (ALGORITHMS.md §3.2); the defaults are the paper's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delta: float = Field(
+        0.9, ge=0.0, le=1.0, description="flag the client while Shapiro–Wilk W < delta"
+    )
+    check_every: int = Field(10, ge=1, description="queries between two normality tests")
+    min_class_distances: int = Field(
+        10, ge=1, description="a class's distance list joins the test once it has this many"
+    )
+    min_pooled: int = Field(
+        100, ge=3, description="W is computed only when more than this many distances remain"
+    )
+    outlier_sigma: float | None = Field(
+        3.0, gt=0.0, description="drop pooled distances beyond this many std (None: keep all)"
+    )
+    storage_dtype: Literal["float32", "float64"] = Field(
+        "float32", description="dtype the queries are stored (and compared) in"
+    )
+
+
+def _cdist(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distances [len(a), len(b)] in float64, each computed the same way at any size."""
+    return torch.cdist(a, b, p=2.0, compute_mode=_CDIST_MODE)
+
+
+@dataclass
+class _ClassState:
+    """One class of one client: G_c, T_c, the recorded distances and the distance list D_c."""
+
+    chunks: list[Tensor] = field(default_factory=list)
+    size: int = 0
+    threshold: float = 0.0
+    recorded: list[float] = field(default_factory=list)
+    distances: list[float] = field(default_factory=list)
+    # Welford accumulators of ``recorded`` (count is len(recorded))
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def growing(self) -> Tensor | None:
+        """G_c as one [n, D] tensor (chunks merged lazily), or None when empty."""
+        if not self.chunks:
+            return None
+        if len(self.chunks) > 1:
+            self.chunks = [torch.cat(self.chunks)]
+        return self.chunks[0]
+
+    def add(self, row: Tensor) -> None:
+        self.chunks.append(row)
+        self.size += int(row.shape[0])
+
+    def record(self, d: float) -> None:
+        """Record a distance that grew G_c and raise T_c to mean − std if that is larger."""
+        self.recorded.append(d)
+        n = len(self.recorded)
+        delta = d - self.mean
+        self.mean += delta / n
+        self.m2 += delta * (d - self.mean)
+        std = math.sqrt(max(self.m2, 0.0) / n)
+        self.threshold = max(self.threshold, self.mean - std)
+
+
+@dataclass
+class _ClientState:
+    """Everything PRADA keeps about one client."""
+
+    classes: dict[int, _ClassState] = field(default_factory=dict)
+    queries: int = 0
+    last_w: float | None = None
+    tests: int = 0
+    flagged: bool = False
+    dim: int | None = None
+
+
+class PradaDetector(Detector):
+    """PRADA as a :class:`~stealproof.detectors.base.Detector`: ``PradaDetector(delta=0.9)``.
+
+    Pass a :class:`PradaConfig` or its fields as keywords (``delta``, ``check_every``, …);
+    unknown keywords fail naming the field.
+    """
+
+    name: ClassVar[str] = "prada"
+
+    def __init__(self, config: PradaConfig | None = None, /, **params: Any) -> None:
+        if config is not None and params:
+            raise InputValidationError("prada: pass either a config or keyword parameters")
+        if config is None:
+            try:
+                config = PradaConfig(**params)
+            except ValidationError as e:
+                raise InputValidationError(format_validation_error(self.name, e)) from None
+        elif not isinstance(config, PradaConfig):
+            raise InputValidationError(
+                f"prada: expected a PradaConfig, got {type(config).__name__}"
+            )
+        self.config = config
+        self._dtype = _DTYPES[config.storage_dtype]
+        self._clients: dict[str, _ClientState] = {}
+
+    @property
+    def delta(self) -> float:
+        """The flag threshold: a client is flagged while W < delta."""
+        return self.config.delta
+
+    # ------------------------------------------------------------------ observing
+
+    def observe(self, client_id: str, x: Tensor, y: Tensor) -> Detection:
+        """Process the batch row by row (in order) and return ``1 − W`` and the flag per row."""
+        y = check_posteriors(y, "y")
+        x = check_images(x, "x", batch=y.shape[0])
+        b = int(x.shape[0])
+        flat = x.detach().reshape(b, -1).to("cpu", self._dtype)
+        st = self._clients.get(client_id)
+        if st is None:
+            st = self._clients[client_id] = _ClientState()
+        if st.dim is None:
+            st.dim = int(flat.shape[1])
+        elif st.dim != flat.shape[1]:
+            raise InputValidationError(
+                f"x: client {client_id!r} sent inputs of {st.dim} values before, "
+                f"this batch has {flat.shape[1]} per row"
+            )
+        flat64 = flat.to(torch.float64)
+        labels = y.argmax(dim=1).cpu()
+        classes = labels.tolist()
+
+        # distances from every row to the G_c it finds at the batch start (inf: G_c empty)
+        nearest = torch.full((b,), math.inf, dtype=torch.float64)
+        members: dict[int, Tensor] = {}
+        position = [0] * b
+        for c in sorted(set(classes)):
+            idx = (labels == c).nonzero().flatten()
+            members[c] = idx
+            for p, i in enumerate(idx.tolist()):
+                position[i] = p
+            g = self._class(st, c).growing()
+            if g is not None:
+                nearest[idx] = _cdist(flat64[idx], g.to(torch.float64)).amin(dim=1)
+
+        scores = torch.empty(b, dtype=torch.float64)
+        flags = torch.empty(b, dtype=torch.bool)
+        cfg = self.config
+        for i, c in enumerate(classes):
+            cs = st.classes[c]
+            grows = cs.size == 0
+            if not grows:
+                d = float(nearest[i])
+                cs.distances.append(d)
+                if d > cs.threshold:
+                    grows = True
+                    cs.record(d)
+            if grows:
+                cs.add(flat[i : i + 1].clone())
+                later = members[c][position[i] + 1 :]
+                if later.numel():
+                    nearest[later] = torch.minimum(
+                        nearest[later], _cdist(flat64[i : i + 1], flat64[later])[0]
+                    )
+            st.queries += 1
+            if st.queries % cfg.check_every == 0:
+                self._check(st)
+            flags[i] = st.flagged
+            scores[i] = 0.0 if st.last_w is None else 1.0 - st.last_w
+        return Detection(scores=scores, flags=flags)
+
+    @staticmethod
+    def _class(st: _ClientState, c: int) -> _ClassState:
+        cs = st.classes.get(c)
+        if cs is None:
+            cs = st.classes[c] = _ClassState()
+        return cs
+
+    def pooled_distances(self, client_id: str) -> np.ndarray:
+        """The distances the next normality test would use (after the outlier cut)."""
+        st = self._clients.get(client_id)
+        return np.empty(0) if st is None else self._pooled(st)
+
+    def _pooled(self, st: _ClientState) -> np.ndarray:
+        cfg = self.config
+        lists = [
+            st.classes[c].distances
+            for c in sorted(st.classes)
+            if len(st.classes[c].distances) >= cfg.min_class_distances
+        ]
+        if not lists:
+            return np.empty(0)
+        pooled = np.concatenate([np.asarray(v, dtype=np.float64) for v in lists])
+        if cfg.outlier_sigma is not None and pooled.size:
+            mu, sd = pooled.mean(), pooled.std()
+            pooled = pooled[np.abs(pooled - mu) <= cfg.outlier_sigma * sd]
+        return pooled
+
+    def _check(self, st: _ClientState) -> None:
+        pooled = self._pooled(st)
+        if pooled.size <= self.config.min_pooled:
+            return
+        from scipy.stats import shapiro  # imported here: scipy.stats is slow to import
+
+        with warnings.catch_warnings():
+            # constant data ("range zero") and N > 5000 only affect the p-value we do not use
+            warnings.simplefilter("ignore", UserWarning)
+            w = float(shapiro(pooled).statistic)
+        st.last_w = w
+        st.tests += 1
+        st.flagged = w < self.config.delta
+
+    # ------------------------------------------------------------------ inspection
+
+    def last_w(self, client_id: str) -> float | None:
+        """The client's latest Shapiro–Wilk W (None before the first test)."""
+        st = self._clients.get(client_id)
+        return None if st is None else st.last_w
+
+    def is_flagged(self, client_id: str) -> bool:
+        """Whether the client is flagged now."""
+        st = self._clients.get(client_id)
+        return bool(st is not None and st.flagged)
+
+    def tests_run(self, client_id: str) -> int:
+        """Normality tests of the client that computed W so far."""
+        st = self._clients.get(client_id)
+        return 0 if st is None else st.tests
+
+    def queries_seen(self, client_id: str) -> int:
+        """Rows of the client observed so far."""
+        st = self._clients.get(client_id)
+        return 0 if st is None else st.queries
+
+    def clients(self) -> list[str]:
+        return sorted(self._clients)
+
+    # ------------------------------------------------------------------ state
+
+    def client_state(self, client_id: str) -> dict[str, Any]:
+        """G_c (storage dtype), T_c, recorded distances and D_c per class, the query count,
+        the last W (NaN: none yet), the number of tests that computed W, the flag and the
+        input size (−1: none yet)."""
+        st = self._clients.get(client_id)
+        if st is None:
+            return {}
+        classes: dict[int, dict[str, Any]] = {}
+        for c in sorted(st.classes):
+            cs = st.classes[c]
+            g = cs.growing()
+            classes[c] = {
+                "growing": g.clone() if g is not None else torch.empty(0, st.dim or 0),
+                "threshold": cs.threshold,
+                "recorded": torch.tensor(cs.recorded, dtype=torch.float64),
+                "distances": torch.tensor(cs.distances, dtype=torch.float64),
+            }
+        return {
+            "version": STATE_VERSION,
+            "queries": st.queries,
+            "last_w": math.nan if st.last_w is None else st.last_w,
+            "tests": st.tests,
+            "flagged": st.flagged,
+            "dim": -1 if st.dim is None else st.dim,
+            "classes": classes,
+        }
+
+    def load_client_state(self, client_id: str, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`client_state` (``{}`` forgets the client)."""
+        if not state:
+            self._clients.pop(client_id, None)
+            return
+        try:
+            if int(state["version"]) != STATE_VERSION:
+                raise ValueError(f"version {state['version']} (expected {STATE_VERSION})")
+            dim = int(state["dim"])
+            st = _ClientState(
+                queries=int(state["queries"]),
+                last_w=None if math.isnan(float(state["last_w"])) else float(state["last_w"]),
+                tests=int(state["tests"]),
+                flagged=bool(state["flagged"]),
+                dim=None if dim < 0 else dim,
+            )
+            for c, raw in state["classes"].items():
+                g = torch.as_tensor(raw["growing"]).to(self._dtype)
+                if g.ndim != 2 or (g.shape[0] and g.shape[1] != dim):
+                    raise ValueError(f"class {c}: growing set of shape {tuple(g.shape)}")
+                cs = _ClassState()
+                if g.shape[0]:
+                    cs.add(g.clone())
+                for d in torch.as_tensor(raw["recorded"], dtype=torch.float64).tolist():
+                    cs.record(d)  # replays the Welford sums exactly
+                cs.threshold = float(raw["threshold"])
+                cs.distances = torch.as_tensor(raw["distances"], dtype=torch.float64).tolist()
+                st.classes[int(c)] = cs
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputValidationError(f"state: not a PRADA client state ({e})") from None
+        self._clients[client_id] = st
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.model_dump().items())
+        return f"PradaDetector({args})"
+
+
+# ---------------------------------------------------------------------- streams and calibration
+
+Answer = Callable[[Tensor], Tensor]
+
+
+def _answer_fn(answer: nn.Module | Answer) -> Answer:
+    if isinstance(answer, nn.Module):
+        from stealproof.oracle import victim_posteriors
+
+        victim = answer
+        return lambda x: victim_posteriors(victim, x)[0]
+    return answer
+
+
+@dataclass(frozen=True)
+class StreamTrace:
+    """What PRADA saw on one stream: every normality test and the first flagged query."""
+
+    queries: int
+    #: (queries seen, W) at every test that computed W
+    checks: list[tuple[int, float]]
+    #: 1-based index of the first flagged query (None: never flagged at this delta)
+    first_flag: int | None
+
+    @property
+    def min_w(self) -> float | None:
+        """The smallest W of the stream (None when no test computed W)."""
+        return min((w for _, w in self.checks), default=None)
+
+    def first_flag_at(self, delta: float) -> int | None:
+        """The query at which a detector with this delta would first flag (flag: W < delta)."""
+        return next((q for q, w in self.checks if w < delta), None)
+
+
+def trace_stream(
+    stream: Tensor,
+    answer: nn.Module | Answer,
+    *,
+    detector: PradaDetector | None = None,
+    batch_size: int = 100,
+    client_id: str = "stream",
+) -> StreamTrace:
+    """Feed ``stream`` (images in query order) to a fresh client of ``detector`` and trace it.
+
+    ``answer`` gives the victim's posteriors (PRADA needs the predicted class): the victim
+    itself or any callable ``images -> [B, K] posteriors``. The detector's state for
+    ``client_id`` is reset before and after (default detector: ``PradaDetector()``).
+    """
+    det = detector if detector is not None else PradaDetector()
+    det.reset_client(client_id)
+    ask = _answer_fn(answer)
+    x = check_images(stream, "stream")
+    if batch_size < 1:
+        raise InputValidationError(f"batch_size: expected ≥ 1, got {batch_size}")
+    checks: list[tuple[int, float]] = []
+    first: int | None = None
+    every = det.config.check_every
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        yb = ask(xb)
+        lo = 0
+        while lo < xb.shape[0]:
+            # observe in chunks that end at the test points, so that every W can be read off
+            hi = min(int(xb.shape[0]), lo + every - det.queries_seen(client_id) % every)
+            tests = det.tests_run(client_id)
+            out = det.observe(client_id, xb[lo:hi], yb[lo:hi])
+            w = det.last_w(client_id)
+            if det.tests_run(client_id) > tests and w is not None:
+                checks.append((det.queries_seen(client_id), w))
+            if first is None and bool(out.flags.any()):
+                first = start + lo + int(out.flags.nonzero()[0, 0]) + 1
+            lo = hi
+    det.reset_client(client_id)
+    return StreamTrace(queries=int(x.shape[0]), checks=checks, first_flag=first)
+
+
+def calibrate_delta(
+    streams: Sequence[Tensor],
+    answer: nn.Module | Answer,
+    *,
+    config: PradaConfig | None = None,
+    batch_size: int = 100,
+) -> float:
+    """The largest delta that raises no flag on any of the benign ``streams``.
+
+    That is the smallest W any test computed on them: the flag rule is ``W < delta``, so a
+    stream whose smallest W equals delta exactly is *not* flagged (ties go to "benign"). The
+    ``delta`` of ``config`` is ignored; its other fields (test spacing, pooling) are used.
+    Raises :class:`~stealproof.errors.InputValidationError` when no test computed W (streams
+    too short: W needs more than ``min_pooled`` pooled distances).
+    """
+    if len(streams) == 0:
+        raise InputValidationError("streams: expected at least one benign stream")
+    cfg = config if config is not None else PradaConfig()
+    det = PradaDetector(cfg)
+    minima = []
+    for i, s in enumerate(streams):
+        tr = trace_stream(s, answer, detector=det, batch_size=batch_size, client_id=f"cal-{i}")
+        if tr.min_w is not None:
+            minima.append(tr.min_w)
+    if not minima:
+        raise InputValidationError(
+            f"streams: no Shapiro–Wilk test ran on any stream (W needs more than "
+            f"{cfg.min_pooled} pooled distances; the longest stream has "
+            f"{max(int(s.shape[0]) for s in streams)} queries)"
+        )
+    return float(min(minima))
