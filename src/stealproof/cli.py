@@ -315,9 +315,14 @@ def attack(
         list[str] | None,
         typer.Option("--param", "-p", help="Defense parameter KEY=VALUE (repeatable)."),
     ] = None,
-    name: Annotated[str, typer.Option("--attack", help="See `stealproof list attacks`.")] = (
-        "knockoff"
-    ),
+    name: Annotated[
+        str,
+        typer.Option(
+            "--attack",
+            help="See `stealproof list attacks`. The data-free ones (dfme, maze, dast) use no "
+            "pool and need large budgets (10^5 rows and more).",
+        ),
+    ] = "knockoff",
     budget: Annotated[int, typer.Option("--budget", min=10, help="Queries (rows).")] = 5000,
     pool: Annotated[
         str | None,
@@ -375,6 +380,7 @@ def attack(
     """Attack a saved victim behind a defense and report clone accuracy and fidelity."""
     from stealproof import metrics
     from stealproof.attacks import (
+        DATA_FREE_ATTACKS,
         JACOBIAN_ATTACKS,
         AveragingBlackBox,
         BlackBoxLike,
@@ -389,12 +395,13 @@ def attack(
     from stealproof.train import TrainConfig
 
     _setup(threads, quiet or as_json)
-    known = ["knockoff", "knockoff-labels", *JACOBIAN_ATTACKS]
+    known = ["knockoff", "knockoff-labels", *JACOBIAN_ATTACKS, *DATA_FREE_ATTACKS]
     if name not in known:
         from stealproof._names import unknown_name_message
 
         raise ValueError(unknown_name_message("attack", name, known))
     jacobian = name in JACOBIAN_ATTACKS
+    data_free = name in DATA_FREE_ATTACKS
     label_only = label_only or name == "knockoff-labels"
     if output not in ("probs", "topk", "label"):
         raise ValueError(f"--output: expected probs, topk or label, got {output!r}")
@@ -408,8 +415,12 @@ def attack(
             f"{tuple(model.input_shape)}"
         )
     c, h, w = ds.input_shape
-    pool = pool or (f"{dataset}-unlabeled" if jacobian else "digits28")
-    thief_pool = load_pool(pool, channels=c, image_size=(h, w), seed=seed, data_dir=data_dir)
+    pool = None if data_free else pool or (f"{dataset}-unlabeled" if jacobian else "digits28")
+    thief_pool = (
+        None
+        if pool is None
+        else load_pool(pool, channels=c, image_size=(h, w), seed=seed, data_dir=data_dir)
+    )
     train_cfg = TrainConfig(epochs=epochs or 10, batch_size=128, lr=1e-3)
     box = BlackBox(model, d, budget=budget, output=output)  # type: ignore[arg-type]
     thief_box: BlackBoxLike = box
@@ -423,6 +434,7 @@ def attack(
         jb = create_jacobian_attack(
             name, rounds=rounds, label_only=label_only, seed=seed, train=train_cfg
         )
+        assert thief_pool is not None
         g = torch.Generator().manual_seed(seed)
         seed_images = thief_pool.images[torch.randperm(len(thief_pool), generator=g)[:150]]
         with progress_bar(quiet or as_json) as p:
@@ -435,7 +447,19 @@ def attack(
                 device=device,
                 progress=p,
             )
+    elif data_free:
+        data_free_attack = DATA_FREE_ATTACKS[name](label_only=label_only, seed=seed)
+        with progress_bar(quiet or as_json) as p:
+            result = data_free_attack.run(
+                thief_box,
+                thief_budget,
+                make_clone,
+                eval_data=(ds.test.images, ds.test.labels),
+                device=device,
+                progress=p,
+            )
     else:
+        assert thief_pool is not None
         try:
             knockoff = KnockoffNets(
                 policy=policy, label_only=label_only, seed=seed, train=train_cfg
@@ -447,10 +471,10 @@ def attack(
                 thief_box, thief_pool, thief_budget, make_clone, device=device, progress=p
             )
     cost = defense_cost(model, d, ds.test.images, ds.test.labels)
-    attack_name = name if jacobian else "knockoff-labels" if label_only else "knockoff"
+    attack_name = name if jacobian or data_free else "knockoff-labels" if label_only else "knockoff"
     row = {
         "attack": attack_name,
-        "policy": None if jacobian else policy,
+        "policy": None if jacobian or data_free else policy,
         "label_only": label_only,
         "average": average,
         "defense": defense,
@@ -467,7 +491,7 @@ def attack(
         "clone_fidelity": metrics.clone_fidelity(result.clone, model, ds.test.images),
         "seed": seed,
     }
-    if jacobian:
+    if jacobian or data_free:
         row["trace"] = [[t.queries, t.clone_acc] for t in result.trace]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -475,7 +499,8 @@ def attack(
     if as_json:
         print(json.dumps(row))
     elif not quiet:
-        table = Table(title=f"{row['attack']} vs {defense} ({budget} queries from {pool})")
+        source = "a generator" if data_free else pool
+        table = Table(title=f"{row['attack']} vs {defense} ({budget} queries from {source})")
         for k in ("defender_acc", "l1_mean", "clone_acc", "clone_fidelity"):
             table.add_column(k, justify="right")
         table.add_row(
