@@ -3,8 +3,10 @@
 mnist5k, LeNet, batch 128, SGD (lr 0.1, momentum 0.5, wd 1e-3), no augmentation; InI with its
 default weights (γ=0.3, δ=1, ε=1000), forward KL and the ``shapes`` OOD pool (batch 128).
 Rows: ``plain`` (cross-entropy only), ``ini_reference`` (second-order autograd) and
-``ini_fast`` (VJP/JVP engine, same gradients). ``plain`` runs the same loop (optimiser,
-batches, gradient clipping) with the InI weights set to zero: cross-entropy only.
+``ini_fast`` (VJP/JVP engine, same gradients), both with PCGrad (the default);
+``--engines`` can add ``ini_reference_summed`` / ``ini_fast_summed`` (summed losses).
+``plain`` runs the same loop (optimiser, batches, gradient clipping) with the InI weights set
+to zero: cross-entropy only.
 
 - *time*: all engines train in this one process, interleaved: ``--rounds`` rounds, each
   training every engine for ``--epochs`` epochs from a fresh model (so a slow spell of a
@@ -42,6 +44,8 @@ from typing import Any
 from _output import emit
 
 ENGINES = ("plain", "ini_reference", "ini_fast")
+#: extra rows on request (``--engines``): the engines with summed losses instead of PCGrad
+EXTRA_ENGINES = ("ini_reference_summed", "ini_fast_summed")
 
 
 def _rss_mb() -> float:
@@ -93,7 +97,12 @@ class _Setup:
     def config(engine: str) -> Any:
         from stealproof.ini import IniConfig
 
-        ini = IniConfig(engine="fast" if engine == "ini_fast" else "reference", seed=0)
+        fast = engine.startswith("ini_fast")
+        ini = IniConfig(
+            engine="fast" if fast else "reference",
+            pcgrad=not engine.endswith("_summed"),
+            seed=0,
+        )
         if engine == "plain":
             ini = ini.model_copy(update={"gamma": 0.0, "delta": 0.0, "eps": 0.0, "beta": 0.0})
         return ini
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset")
-    ap.add_argument("--memory-worker", choices=ENGINES, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-worker", choices=ENGINES + EXTRA_ENGINES, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.rounds < 1 or (args.limit is not None and args.limit < 1):
         ap.error("--epochs, --rounds and --limit must be ≥ 1")
@@ -209,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_worker(args.memory_worker, args.limit, args.threads, args.device)))
         return 0
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = set(engines) - set(ENGINES)
+    unknown = set(engines) - set(ENGINES + EXTRA_ENGINES)
     if unknown:
-        ap.error(f"--engines: unknown {sorted(unknown)}; expected {', '.join(ENGINES)}")
+        known = ", ".join(ENGINES + EXTRA_ENGINES)
+        ap.error(f"--engines: unknown {sorted(unknown)}; expected {known}")
     rows = time_engines(engines, args.epochs, args.rounds, args.limit, args.threads, args.device)
     for row in rows:
         row.update(_spawn_memory(row["engine"], args))
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if plain is not None:
             r["ratio_to_plain"] = r["s_per_epoch"] / plain["s_per_epoch"]
-        if ref is not None and r["engine"] == "ini_fast":
+        if ref is not None and r["engine"].startswith("ini_fast"):
             r["speedup_over_reference"] = ref["s_per_epoch"] / r["s_per_epoch"]
             r["memory_ratio_to_reference"] = r["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-9)
     emit(rows, args.out)

@@ -59,7 +59,7 @@ from stealproof.attacks.base import (
 )
 from stealproof.attacks.generators import GeneratorKind, ImageGenerator, create_generator
 from stealproof.attacks.zeroth_order import DEFAULT_MU, zeroth_order_gradient
-from stealproof.errors import InputValidationError
+from stealproof.errors import ClientBlockedError, InputValidationError
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,14 @@ class DataFreeResult(AttackResult):
     """The last clone, the trained generator, the trace and (bounded) kept queries.
 
     ``history`` has one entry per trace point: queries, mean clone loss and mean generator
-    loss since the previous point.
+    loss since the previous point. ``stopped`` says why the attack ended early (the black box
+    blocked the client), ``None`` when it ran to its budget.
     """
 
     generator: ImageGenerator = field(kw_only=True)
     iterations: int = field(default=0, kw_only=True)
     history: list[dict[str, float]] = field(default_factory=list, kw_only=True)
+    stopped: str | None = field(default=None, kw_only=True)
 
 
 def log_probs(answers: Tensor, floor: float) -> Tensor:
@@ -398,14 +400,20 @@ class DataFreeAttack(Generic[C]):
                     blackbox, budget, keep=cfg.keep_queries, label_only=cfg.label_only, step=step
                 )
                 done = 0
+                stopped: str | None = None
                 while done < iterations and meter.fits(per_iter):
-                    losses.append(self.iteration(meter, rng))
-                    done += 1
-                    if done % every == 0 or done == iterations:
+                    try:
+                        losses.append(self.iteration(meter, rng))
+                    except ClientBlockedError as err:  # a detection policy cut the thief off
+                        stopped = str(err)
+                        log.info("%s: stopped after %d rows: %s", self.name, meter.charged, err)
+                    else:
+                        done += 1
+                    if stopped is not None or done % every == 0 or done == iterations:
                         point = evaluate_trace_point(clone, meter.charged, eval_data)
                         trace.append(point)
-                        cl = sum(c for c, _ in losses) / len(losses)
-                        gl = sum(g for _, g in losses) / len(losses)
+                        cl = sum(c for c, _ in losses) / max(1, len(losses))
+                        gl = sum(g for _, g in losses) / max(1, len(losses))
                         history.append(
                             {
                                 "queries": float(point.queries),
@@ -422,6 +430,8 @@ class DataFreeAttack(Generic[C]):
                             gl,
                             point.clone_acc,
                         )
+                    if stopped is not None:
+                        break
         clone.eval()
         generator.eval()
         return DataFreeResult(
@@ -432,6 +442,7 @@ class DataFreeAttack(Generic[C]):
             generator=generator,
             iterations=done,
             history=history,
+            stopped=stopped,
         )
 
 
