@@ -22,9 +22,11 @@ from stealproof.attacks.zeroth_order import (
     sample_directions,
     zeroth_order_gradient,
 )
+from stealproof.detectors import Detection, Detector
 from stealproof.errors import InputValidationError
 from stealproof.models import Classifier, create_model
 from stealproof.oracle import BlackBox
+from stealproof.policy import DetectionPolicy
 
 SHAPE = (1, 8, 8)
 K = 10
@@ -47,6 +49,22 @@ class CountingBox(BlackBox):
     def query(self, x: Tensor) -> Tensor:
         self.calls.append(int(x.shape[0]))
         return super().query(x)
+
+
+class FlagAll(Detector):
+    """A stateless detector that flags every row."""
+
+    name = "flag-all"
+
+    def observe(self, client_id: str, x: Tensor, y: Tensor) -> Detection:
+        ones = torch.ones(x.shape[0])
+        return Detection(ones, ones.bool())
+
+    def client_state(self, client_id: str) -> dict:
+        return {}
+
+    def load_client_state(self, client_id: str, state: dict) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +247,24 @@ def test_budget_is_never_exceeded(victim: Classifier, cls: type, params: dict) -
     assert all(p.clone_acc is None for p in result.trace)  # no eval_data given
     assert isinstance(result.generator, ImageGenerator)
     assert len(result.transfer) == 0  # keep_queries defaults to 0
+
+
+@pytest.mark.parametrize(("cls", "params"), ATTACKS)
+def test_a_blocked_client_stops_the_attack_cleanly(
+    victim: Classifier, cls: type, params: dict
+) -> None:
+    # a policy that flags every row and blocks after 40: the attack ends, it does not crash
+    policy = DetectionPolicy([FlagAll()], max_flagged=40)
+    box = BlackBox(victim, policy=policy, client_id="thief")
+    per_iter = cls(**SMALL, **params).rows_per_iteration()
+    result = _run(cls, victim, box, 10 * per_iter, **params)
+    assert result.stopped is not None and "blocked" in result.stopped
+    assert policy.is_blocked("thief")
+    assert result.queries_used == box.queries_used < 10 * per_iter
+    assert result.iterations < 10
+    assert result.trace and result.trace[-1].queries == result.queries_used
+    unblocked = _run(cls, victim, BlackBox(victim), 2 * per_iter, **params)
+    assert unblocked.stopped is None
 
 
 @pytest.mark.parametrize(("cls", "params"), ATTACKS)
