@@ -369,6 +369,17 @@ def attack(
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Clone epochs.")] = None,
+    guardian: Annotated[
+        Path | None,
+        typer.Option(
+            "--guardian",
+            help="Model-Guardian bundle (`stealproof guardian train`): flagged rows get "
+            "deceptive answers, the thief is blocked after --max-flagged flagged rows.",
+        ),
+    ] = None,
+    max_flagged: Annotated[
+        int, typer.Option("--max-flagged", min=0, help="With --guardian; 0: never block.")
+    ] = 1000,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for result.json.")] = None,
     seed: SeedOpt = 0,
@@ -422,7 +433,21 @@ def attack(
         else load_pool(pool, channels=c, image_size=(h, w), seed=seed, data_dir=data_dir)
     )
     train_cfg = TrainConfig(epochs=epochs or 10, batch_size=128, lr=1e-3)
-    box = BlackBox(model, d, budget=budget, output=output)  # type: ignore[arg-type]
+    if guardian is None:
+        box = BlackBox(model, d, budget=budget, output=output)  # type: ignore[arg-type]
+    else:
+        from stealproof.detectors.guardian import GuardianDetector
+        from stealproof.policy import DetectionPolicy
+
+        detector = GuardianDetector.load(guardian, map_location=device)
+        guard = DetectionPolicy([detector], defense=d, max_flagged=max_flagged or None)
+        box = BlackBox(
+            model,
+            policy=guard,
+            budget=budget,
+            output=output,  # type: ignore[arg-type]
+            client_id="thief",
+        )
     thief_box: BlackBoxLike = box
     if average > 1:
         thief_box = AveragingBlackBox(box, copies=average, seed=seed)
@@ -491,6 +516,12 @@ def attack(
         "clone_fidelity": metrics.clone_fidelity(result.clone, model, ds.test.images),
         "seed": seed,
     }
+    if guardian is not None:
+        status = box.policy_status()
+        row["guardian"] = str(guardian)
+        row["flagged_rows"] = box.flagged_rows
+        row["blocked_at"] = None if status is None else status.blocked_at
+        row["stopped"] = getattr(result, "stopped", None)
     if jacobian or data_free:
         row["trace"] = [[t.queries, t.clone_acc] for t in result.trace]
     if out is not None:
@@ -715,8 +746,10 @@ def list_cmd(
 
 
 from stealproof.bench.cli import bench_app  # noqa: E402
+from stealproof.guardian_cli import app as guardian_app  # noqa: E402
 
 app.add_typer(bench_app, name="bench")
+app.add_typer(guardian_app, name="guardian")
 
 
 def main() -> None:

@@ -1,0 +1,643 @@
+"""Model-Guardian's DFMS detector: is a query a synthetic (data-free attack) image?
+
+Model-Guardian (Yang et al., 2025) flags queries that look synthetic — the inputs of data-free
+model stealing (DFMS) attacks — and answers them with deceptive probabilities. It has no public
+code; this module follows what the paper states and labels the rest as our choices.
+
+Follows the paper:
+
+- queries are turned into **gradient representations** by a frozen transformation network
+  (LGrad's ``g(x) = ∂ Σ_k f_T(x)_k / ∂x``, eval mode, per-sample min-max normalised);
+- **three binary sub-detectors**, each trained on real images against one synthetic source:
+  (i) a data-free stealing attack's generator, (ii) a GAN, (iii) a diffusion model;
+- the sub-detectors are combined into one per-query decision.
+
+Our choices:
+
+- the transformation network is a narrow LeNet (8/16 channels, fc 64) trained on the
+  defender's data with its own seed — never the victim (:mod:`stealproof.detectors.gradient`);
+- source (i) is DFME run by the defender against its own undefended victim; the sub-detector
+  sees a uniform sample of every row the attack sent over its whole run, since an attacker's
+  generator changes during the attack (:mod:`stealproof.detectors.sources`);
+- source (ii) is a small DCGAN/MLP GAN, source (iii) a small DDPM (T = 100, linear β),
+  both trained on the defender's data (:mod:`~stealproof.detectors.gan`,
+  :mod:`~stealproof.detectors.ddpm`);
+- each sub-detector is a small LeNet with two outputs reading the gradient representation;
+  its score is the logit difference ``l_synthetic − l_real``;
+- fusion is the **max** over sub-detectors; the reported score is ``sigmoid(max logit)``,
+  the largest sub-detector probability of "synthetic";
+- the threshold is **calibrated to a target false-positive rate** (default 1 %) on held-out
+  benign data with the conformal rule of :func:`calibrate_threshold`;
+- the defender's data is split four ways, each part used for one thing only (see
+  :func:`split_defender_data`); benign FPR is measured on data none of them contains (for the
+  built-in scenarios: the dataset's test split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.progress import Progress
+from torch import Tensor, nn
+
+from stealproof import metrics
+from stealproof._validate import check_images
+from stealproof.detectors.base import Detection, Detector
+from stealproof.detectors.corruptions import corrupt
+from stealproof.detectors.ddpm import DDPMConfig, train_ddpm
+from stealproof.detectors.gan import GANConfig, train_gan
+from stealproof.detectors.gradient import (
+    TransformConfig,
+    TransformNet,
+    gradient_representation,
+    train_transformation_net,
+    transform_from_payload,
+    transform_payload,
+)
+from stealproof.detectors.sources import SOURCE_NAMES, SourceName, dfme_queries
+from stealproof.errors import DataFileError, InputValidationError
+from stealproof.models.base import Classifier
+from stealproof.models.registry import create_model
+from stealproof.surrogate import freeze
+from stealproof.train import TrainConfig, train_model
+
+FORMAT = "stealproof-guardian"
+VERSION = 1
+
+
+class GuardianConfig(BaseModel):
+    """Everything :func:`train_guardian` does: splits, sources, models, calibration.
+
+    ``seed`` drives every random choice; it overrides the seeds inside ``gan``, ``ddpm`` and
+    the training configs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    sources: tuple[SourceName, ...] = Field(SOURCE_NAMES, description="synthetic sources")
+    target_fpr: float = Field(0.01, gt=0, lt=1, description="benign false-positive rate target")
+    fit_fraction: float = Field(
+        0.4, gt=0, lt=1, description="defender data for f_T, the GAN and the DDPM"
+    )
+    train_fraction: float = Field(0.3, gt=0, lt=1, description="real side of sub-detectors")
+    eval_fraction: float = Field(0.15, gt=0, lt=1, description="real side of held-out AUCs")
+    samples_per_source: int = Field(2000, ge=10, description="synthetic training samples")
+    eval_samples_per_source: int = Field(500, ge=10, description="held-out synthetic samples")
+    generic_fraction: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="share of each sub-detector's synthetic side that is "
+        "generic corruptions of real images (source-agnostic negatives)",
+    )
+    transform: TransformConfig = TransformConfig(width=64)
+    detector_model: str = "mlp"
+    detector_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"hidden": (256, 128), "dropout": 0.3}
+    )
+    detector_training: TrainConfig = TrainConfig(epochs=30, batch_size=64, lr=2e-3)
+    detector_val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="of each sub-detector's training rows, for model selection"
+    )
+    gan: GANConfig = GANConfig()
+    ddpm: DDPMConfig = DDPMConfig()
+    dfme_budget: int = Field(100_000, ge=1, description="rows of each DFME run")
+    dfme_params: dict[str, Any] = Field(default_factory=dict, description="DFME config keys")
+    gradient_batch_size: int = Field(256, ge=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("sources: expected at least one of dfme, gan, ddpm")
+        if len(set(v)) != len(v):
+            raise ValueError(f"sources: duplicates in {v}")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        total = self.fit_fraction + self.train_fraction + self.eval_fraction
+        if total >= 1:
+            raise InputValidationError(
+                f"fit_fraction + train_fraction + eval_fraction: expected < 1 (the rest "
+                f"calibrates the threshold), got {total:g}"
+            )
+
+
+#: Per-scenario overrides of the :class:`GuardianConfig` defaults (which suit ``digits``):
+#: ``mnist5k`` uses a narrower f_T and GAN, the MLP denoiser and shorter DFME runs to stay
+#: within a few CPU minutes.
+SCENARIO_OVERRIDES: dict[str, dict[str, Any]] = {
+    "digits": {},
+    "mnist5k": {
+        "transform": {"width": 16, "epochs": 20},
+        "gan": {"width": 16, "steps": 1500},
+        "ddpm": {"denoiser": "mlp", "steps": 2000},
+        "dfme_budget": 40_000,
+        "dfme_params": {"batch_size": 128, "generator_width": 16},
+    },
+}
+
+
+def guardian_config(scenario: str = "digits", **overrides: Any) -> GuardianConfig:
+    """The default :class:`GuardianConfig` for a built-in scenario, with ``overrides`` applied
+    (nested configs are given as dicts and merged key by key)."""
+    if scenario not in SCENARIO_OVERRIDES:
+        raise InputValidationError(
+            f"scenario: expected one of {sorted(SCENARIO_OVERRIDES)}, got {scenario!r}"
+        )
+    merged: dict[str, Any] = {
+        k: dict(v) if isinstance(v, dict) else v for k, v in SCENARIO_OVERRIDES[scenario].items()
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return GuardianConfig.model_validate(merged)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class DefenderSplits:
+    """Disjoint row indices of the defender's data, one job each.
+
+    ``fit``: the transformation network, the GAN and the DDPM; ``train``: the real side of the
+    sub-detectors' training (and their model selection); ``eval``: the real side of the held-out
+    AUCs; ``calibration``: the threshold.
+    """
+
+    fit: Tensor
+    train: Tensor
+    eval: Tensor
+    calibration: Tensor
+
+    def sizes(self) -> dict[str, int]:
+        """Rows per part."""
+        return {k: int(getattr(self, k).numel()) for k in ("fit", "train", "eval", "calibration")}
+
+
+def split_defender_data(n: int, config: GuardianConfig) -> DefenderSplits:
+    """A seeded random partition of ``n`` rows into fit / train / eval / calibration."""
+    n_fit = round(config.fit_fraction * n)
+    n_train = round(config.train_fraction * n)
+    n_eval = round(config.eval_fraction * n)
+    n_cal = n - n_fit - n_train - n_eval
+    if min(n_fit, n_train, n_eval, n_cal) < 2:
+        raise InputValidationError(
+            f"defender_images: {n} rows are too few to split into fit/train/eval/calibration"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    a, b, c = n_fit, n_fit + n_train, n_fit + n_train + n_eval
+    return DefenderSplits(perm[:a], perm[a:b], perm[b:c], perm[c:])
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def calibrate_threshold(benign_scores: Tensor, target_fpr: float) -> float:
+    """Threshold ``t`` such that flagging ``score > t`` has FPR ≤ ``target_fpr`` on benign data.
+
+    Conformal rule: with ``n`` calibration scores sorted ascending, ``t`` is the
+    ``k = ⌈(n + 1)(1 − α)⌉``-th smallest. For a new benign query exchangeable with the
+    calibration set, ``P(score > t) ≤ α``. When ``n`` is too small for that (``k > n``, i.e.
+    ``n < 1/α − 1``), ``t`` is the largest calibration score and the guarantee does not hold.
+    """
+    s = benign_scores.detach().flatten().to(torch.float64).cpu()
+    if s.numel() == 0:
+        raise InputValidationError("benign_scores: empty")
+    if not bool(torch.isfinite(s).all()):
+        raise InputValidationError("benign_scores: contains non-finite values")
+    if not 0 < target_fpr < 1:
+        raise InputValidationError(f"target_fpr: expected a value in (0, 1), got {target_fpr}")
+    n = int(s.numel())
+    k = min(n, math.ceil((n + 1) * (1.0 - target_fpr)))
+    return float(torch.sort(s).values[k - 1])
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+
+def _model_payload(model: Classifier) -> dict[str, Any]:
+    return {
+        "model": model.spec.name,
+        "kwargs_json": json.dumps(json.loads(json.dumps(model.spec.kwargs))),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def _model_from_payload(payload: dict[str, Any]) -> Classifier:
+    model = create_model(payload["model"], **json.loads(payload["kwargs_json"]))
+    model.load_state_dict(payload["state_dict"])
+    freeze(model)
+    return model
+
+
+def _synthetic_logit(logits: Tensor) -> Tensor:
+    """A two-way sub-detector's score: ``l_synthetic − l_real``."""
+    return logits[:, 1] - logits[:, 0]
+
+
+@dataclass
+class GuardianBundle:
+    """A trained DFMS detector: ``f_T``, one sub-detector per source, the threshold, metadata.
+
+    ``threshold`` is on the fused logit (max over sub-detectors of ``l_synthetic − l_real``);
+    ``meta`` holds the image shape, sources, target FPR, split sizes and the measured numbers.
+    """
+
+    transform: TransformNet
+    detectors: dict[str, Classifier]
+    threshold: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[str]:
+        """Source names, in sub-detector order."""
+        return list(self.detectors)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the queries this detector reads."""
+        c, h, w = self.transform.input_shape
+        return (int(c), int(h), int(w))
+
+    @torch.no_grad()
+    def source_logits(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """Per-source scores ``[B, S]`` (``l_synthetic − l_real``) for images ``x``."""
+        x = check_images(x, "x", shape=self.image_shape)
+        g = gradient_representation(self.transform, x, batch_size=batch_size)
+        return self.source_logits_from_gradients(g, batch_size)
+
+    @torch.no_grad()
+    def source_logits_from_gradients(self, g: Tensor, batch_size: int = 256) -> Tensor:
+        """Per-source scores ``[B, S]`` from precomputed gradient representations."""
+        dev = next(self.transform.parameters()).device
+        cols = []
+        for det in self.detectors.values():
+            det.eval()
+            cols.append(
+                torch.cat(
+                    [
+                        _synthetic_logit(det(g[i : i + batch_size].to(dev)).float()).cpu()
+                        for i in range(0, g.shape[0], batch_size)
+                    ]
+                )
+            )
+        return torch.stack(cols, dim=1)
+
+    def fused_logits(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """Max over sub-detectors, ``[B]``; a row is flagged when this exceeds ``threshold``."""
+        return self.source_logits(x, batch_size).max(dim=1).values
+
+    def to(self, device: torch.device | str) -> GuardianBundle:
+        """Move every network to ``device`` (in place); returns ``self``."""
+        self.transform.to(device)
+        for det in self.detectors.values():
+            det.to(device)
+        return self
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle to one file, loadable with ``torch.load(weights_only=True)``."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "transform": transform_payload(self.transform),
+            "sources": list(self.detectors),
+            "detectors": [_model_payload(d) for d in self.detectors.values()],
+            "threshold": float(self.threshold),
+            "meta_json": json.dumps(self.meta),
+        }
+        torch.save(payload, p)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GuardianBundle:
+        """Read a bundle written by :meth:`save` (weights-only unpickling)."""
+        p = Path(path)
+        if not p.is_file():
+            raise DataFileError(f"{p}: guardian bundle not found")
+        try:
+            payload = torch.load(p, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises several types for corrupt files
+            raise DataFileError(f"{p}: not a readable bundle ({type(e).__name__}: {e})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise DataFileError(f"{p}: not a guardian bundle (missing format={FORMAT!r})")
+        if payload.get("version") != VERSION:
+            raise DataFileError(f"{p}: unsupported bundle version {payload.get('version')!r}")
+        detectors = {
+            name: _model_from_payload(d)
+            for name, d in zip(payload["sources"], payload["detectors"], strict=True)
+        }
+        return cls(
+            transform=transform_from_payload(payload["transform"]),
+            detectors=detectors,
+            threshold=float(payload["threshold"]),
+            meta=json.loads(payload["meta_json"]),
+        )
+
+
+# ----------------------------------------------------------------------------- the detector
+
+
+class GuardianDetector(Detector):
+    """Stateless per-query DFMS detector: score = max sub-detector P(synthetic), flag above the
+    calibrated threshold. ``y`` (the victim's posteriors) is checked but not used."""
+
+    name: ClassVar[str] = "guardian"
+
+    def __init__(self, bundle: GuardianBundle, *, batch_size: int = 256) -> None:
+        self.bundle = bundle
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GuardianDetector:
+        """A detector from a saved bundle."""
+        return cls(GuardianBundle.load(path, map_location))
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated threshold as a probability (flag when the score exceeds it)."""
+        return float(torch.sigmoid(torch.tensor(self.bundle.threshold, dtype=torch.float64)))
+
+    def observe(self, client_id: str, x: Tensor, y: Tensor) -> Detection:
+        """Score and flag every row on its own; no client state is kept."""
+        x = check_images(x, "x", shape=self.bundle.image_shape)
+        if not isinstance(y, Tensor) or y.ndim != 2 or y.shape[0] != x.shape[0]:
+            raise InputValidationError(
+                f"y: expected [{x.shape[0]}, classes] posteriors to match x, got "
+                f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}"
+            )
+        fused = self.bundle.fused_logits(x, self.batch_size)
+        # flags compare logits (no float saturation); scores are the matching probabilities
+        return Detection(scores=torch.sigmoid(fused), flags=fused > self.bundle.threshold)
+
+    def client_state(self, client_id: str) -> dict[str, Any]:
+        return {}
+
+    def load_client_state(self, client_id: str, state: dict[str, Any]) -> None:
+        if state:
+            raise InputValidationError(
+                f"state: the guardian detector is stateless, got keys {sorted(state)}"
+            )
+
+    def __repr__(self) -> str:
+        return f"GuardianDetector(sources={self.bundle.sources}, threshold={self.threshold:.4g})"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class GuardianReport:
+    """What :func:`train_guardian` measured on held-out data (the eval split and fresh samples).
+
+    ``source_auc``: each sub-detector on its own source; ``fused_auc``: the fused detector on
+    each source; ``loo_auc``: the fused detector *without* that source's sub-detector, on that
+    source; ``tpr``: the fused detector's detection rate per source at the threshold;
+    ``eval_fpr``: its false-positive rate on the real eval split.
+    """
+
+    source_auc: dict[str, float]
+    fused_auc: dict[str, float]
+    loo_auc: dict[str, float]
+    tpr: dict[str, float]
+    eval_fpr: float
+    threshold_logit: float
+    threshold: float
+    target_fpr: float
+    split_sizes: dict[str, int]
+    seconds: dict[str, float]
+
+
+def _auc(real: Tensor, fake: Tensor) -> float:
+    scores = torch.cat([real, fake])
+    labels = torch.cat([torch.zeros(real.numel()), torch.ones(fake.numel())]).bool()
+    return metrics.roc_auc(scores, labels)
+
+
+def _train_subdetector(
+    real: Tensor,
+    fake: Tensor,
+    config: GuardianConfig,
+    index: int,
+    *,
+    device: torch.device | str | None,
+    progress: Progress | None,
+    description: str,
+) -> Classifier:
+    """A two-way classifier on gradient representations: real (0) vs one source (1).
+
+    The real rows are repeated to match the synthetic count (class balance); the model is
+    selected on a balanced validation part held out of both sides *before* the repetition.
+    """
+    g = torch.Generator().manual_seed(config.seed + 7919 * (index + 1))
+    pr, pf = torch.randperm(real.shape[0], generator=g), torch.randperm(fake.shape[0], generator=g)
+    n_val = round(config.detector_val_fraction * real.shape[0])
+    val: tuple[Tensor, Tensor] | None = None
+    if n_val > 0:
+        vx = torch.cat([real[pr[:n_val]], fake[pf[:n_val]]])
+        vy = torch.cat([torch.zeros(n_val), torch.ones(n_val)]).long()
+        val = (vx, vy)
+        real, fake = real[pr[n_val:]], fake[pf[n_val:]]
+    reps = -(-fake.shape[0] // real.shape[0])
+    real_rep = real.repeat(reps, 1, 1, 1)[: max(real.shape[0], fake.shape[0])]
+    x = torch.cat([real_rep, fake])
+    y = torch.cat([torch.zeros(real_rep.shape[0]), torch.ones(fake.shape[0])]).long()
+    c, h, w = (int(s) for s in real.shape[1:])
+    seed = config.seed + 100 + index
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(
+            config.detector_model,
+            in_channels=c,
+            image_size=(h, w),
+            num_classes=2,
+            **config.detector_kwargs,
+        )
+    cfg = config.detector_training.model_copy(update={"seed": seed, "val_fraction": 0.0})
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)  # dropout draws from the global generator
+        train_model(
+            model, x, y, cfg, val=val, device=device, progress=progress, description=description
+        )
+    freeze(model)
+    return model
+
+
+def train_guardian(
+    victim: nn.Module,
+    defender_images: Tensor,
+    config: GuardianConfig | None = None,
+    *,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> tuple[GuardianBundle, GuardianReport]:
+    """Build the DFMS detector from the defender's victim and images; measure it on held-out data.
+
+    ``defender_images`` [N, C, H, W] in [0, 1] are the defender's own images (for the built-in
+    scenarios: the victim's training split), split by :func:`split_defender_data`. The DFME
+    source attacks ``victim`` (undefended) through a metered black box; nothing else uses it.
+    """
+    cfg = config or GuardianConfig()
+    x_all = check_images(defender_images, "defender_images")
+    shape = tuple(int(s) for s in x_all.shape[1:])
+    vshape = getattr(victim, "input_shape", None)
+    if vshape is not None and tuple(vshape) != shape:
+        raise InputValidationError(
+            f"defender_images: images are {shape}, the victim expects {tuple(vshape)}"
+        )
+    splits = split_defender_data(x_all.shape[0], cfg)
+    x_fit, x_train = x_all[splits.fit], x_all[splits.train]
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    f_t = train_transformation_net(
+        x_fit,
+        cfg.transform.model_copy(update={"seed": cfg.seed + 1}),
+        device=device,
+        progress=progress,
+    )
+    seconds["transform"] = time.perf_counter() - t0
+
+    n_tr, n_ev = cfg.samples_per_source, cfg.eval_samples_per_source
+    samples: dict[str, tuple[Tensor, Tensor]] = {}
+    for i, src in enumerate(cfg.sources):
+        t = time.perf_counter()
+        g_train = torch.Generator().manual_seed(cfg.seed + 1000 + i)
+        g_eval = torch.Generator().manual_seed(cfg.seed + 2000 + i)
+        if src == "dfme":
+            train_s, eval_s = (
+                dfme_queries(
+                    victim,
+                    n,
+                    budget=cfg.dfme_budget,
+                    seed=seed,  # held-out samples: an independent attacker (another seed)
+                    params=cfg.dfme_params,
+                    device=device,
+                    progress=progress,
+                )
+                for n, seed in ((n_tr, cfg.seed), (n_ev, cfg.seed + 1))
+            )
+        elif src == "gan":
+            gan = train_gan(
+                x_fit,
+                cfg.gan.model_copy(update={"seed": cfg.seed + 3}),
+                device=device,
+                progress=progress,
+            )
+            train_s, eval_s = gan.sample(n_tr, g_train), gan.sample(n_ev, g_eval)
+        else:
+            ddpm = train_ddpm(
+                x_fit,
+                cfg.ddpm.model_copy(update={"seed": cfg.seed + 4}),
+                device=device,
+                progress=progress,
+            )
+            train_s, eval_s = ddpm.sample(n_tr, g_train), ddpm.sample(n_ev, g_eval)
+        samples[src] = (train_s.cpu(), eval_s.cpu())
+        seconds[f"source_{src}"] = time.perf_counter() - t
+
+    def grads(images: Tensor) -> Tensor:
+        return gradient_representation(f_t, images, batch_size=cfg.gradient_batch_size).cpu()
+
+    t = time.perf_counter()
+    real_train = grads(x_train)
+    detectors: dict[str, Classifier] = {}
+    for i, src in enumerate(cfg.sources):
+        synthetic = samples[src][0]
+        k = round(cfg.generic_fraction * synthetic.shape[0])
+        if k > 0:
+            g = torch.Generator().manual_seed(cfg.seed + 3000 + i)
+            pick = torch.randint(0, x_train.shape[0], (k,), generator=g)
+            synthetic = torch.cat([synthetic[: synthetic.shape[0] - k], corrupt(x_train[pick], g)])
+        detectors[src] = _train_subdetector(
+            real_train,
+            grads(synthetic),
+            cfg,
+            i,
+            device=device,
+            progress=progress,
+            description=f"detector[{src}]",
+        )
+    seconds["detectors"] = time.perf_counter() - t
+
+    bundle = GuardianBundle(transform=f_t, detectors=detectors, threshold=math.inf)
+    cal = bundle.source_logits(x_all[splits.calibration]).max(dim=1).values
+    bundle.threshold = calibrate_threshold(cal, cfg.target_fpr)
+
+    real_eval = bundle.source_logits(x_all[splits.eval])
+    fake_eval: dict[str, Tensor] = {
+        src: bundle.source_logits(samples[src][1]) for src in cfg.sources
+    }
+    report = _report(bundle, cfg, real_eval, fake_eval, splits, seconds)
+    report.seconds["total"] = time.perf_counter() - t0
+    bundle.meta = {
+        "image_shape": list(shape),
+        "sources": list(cfg.sources),
+        "target_fpr": cfg.target_fpr,
+        "threshold_rule": "conformal: k-th smallest calibration score, k = ceil((n+1)(1-fpr))",
+        "calibration_rows": int(splits.calibration.numel()),
+        "report": asdict(report),
+        "config": cfg.model_dump(mode="json"),
+    }
+    return bundle, report
+
+
+def _report(
+    bundle: GuardianBundle,
+    cfg: GuardianConfig,
+    real_eval: Tensor,
+    fake_eval: dict[str, Tensor],
+    splits: DefenderSplits,
+    seconds: dict[str, float],
+) -> GuardianReport:
+    sources: list[str] = list(cfg.sources)
+    thr = bundle.threshold
+    source_auc: dict[str, float] = {}
+    fused_auc: dict[str, float] = {}
+    loo_auc: dict[str, float] = {}
+    tpr: dict[str, float] = {}
+    real_fused = real_eval.max(dim=1).values
+    for j, src in enumerate(sources):
+        fake = fake_eval[src]
+        source_auc[src] = _auc(real_eval[:, j], fake[:, j])
+        fake_fused = fake.max(dim=1).values
+        fused_auc[src] = _auc(real_fused, fake_fused)
+        tpr[src] = float((fake_fused > thr).float().mean())
+        others = [k for k in range(len(sources)) if k != j]
+        if others:
+            loo_auc[src] = _auc(
+                real_eval[:, others].max(dim=1).values, fake[:, others].max(dim=1).values
+            )
+    return GuardianReport(
+        source_auc=source_auc,
+        fused_auc=fused_auc,
+        loo_auc=loo_auc,
+        tpr=tpr,
+        eval_fpr=float((real_fused > thr).float().mean()),
+        threshold_logit=thr,
+        threshold=float(torch.sigmoid(torch.tensor(thr, dtype=torch.float64))),
+        target_fpr=cfg.target_fpr,
+        split_sizes=splits.sizes(),
+        seconds=seconds,
+    )
+
+
+def benign_fpr(detector: GuardianDetector, benign_images: Tensor) -> float:
+    """Fraction of ``benign_images`` the detector flags (use data it never saw in training)."""
+    x = check_images(benign_images, "benign_images", shape=detector.bundle.image_shape)
+    fused = detector.bundle.fused_logits(x, detector.batch_size)
+    return float((fused > detector.bundle.threshold).float().mean())
