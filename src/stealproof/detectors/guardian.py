@@ -14,16 +14,19 @@ Follows the paper:
 
 Our choices:
 
-- the transformation network is a narrow LeNet (8/16 channels, fc 64) trained on the
-  defender's data with its own seed — never the victim (:mod:`stealproof.detectors.gradient`);
+- the transformation network is a small SiLU / average-pooling CNN with one output, trained
+  on the defender's *fit* images against generic corruptions of them — never the victim, never
+  any source image (:mod:`stealproof.detectors.gradient`, :mod:`~stealproof.detectors.corruptions`);
 - source (i) is DFME run by the defender against its own undefended victim; the sub-detector
   sees a uniform sample of every row the attack sent over its whole run, since an attacker's
   generator changes during the attack (:mod:`stealproof.detectors.sources`);
 - source (ii) is a small DCGAN/MLP GAN, source (iii) a small DDPM (T = 100, linear β),
   both trained on the defender's data (:mod:`~stealproof.detectors.gan`,
   :mod:`~stealproof.detectors.ddpm`);
-- each sub-detector is a small LeNet with two outputs reading the gradient representation;
-  its score is the logit difference ``l_synthetic − l_real``;
+- each sub-detector is an MLP (256-128, dropout 0.3) with two outputs reading the flattened
+  gradient representation; its synthetic side is 75 % source samples and 25 % generic
+  corruptions of real *train* images (source-agnostic negatives); its score is the logit
+  difference ``l_synthetic − l_real``;
 - fusion is the **max** over sub-detectors; the reported score is ``sigmoid(max logit)``,
   the largest sub-detector probability of "synthetic";
 - the threshold is **calibrated to a target false-positive rate** (default 1 %) on held-out
