@@ -79,4 +79,4 @@ def test_guardian_cuts_a_dfme_thief_off_and_spares_a_benign_client(
         metrics.predict(victim, ds.test.images), ds.test.labels
     )
     assert not policy.is_blocked("benign")
-    assert benign.flagged_rows <= 0.05 * len(ds.test.images)  # reduced detector: 1–13 of 360
+    assert benign.flagged_rows <= 0.05 * len(ds.test.images)  # reduced: 13 of 360 in one run
