@@ -1,9 +1,10 @@
 """Model-Guardian's DFMS detector on digits: per-source AUC and benign false-positive rate.
 
 The fast test trains a reduced detector (shorter f_T, GAN, DDPM and DFME runs, fewer samples;
-~40 s on one thread) and asserts looser margins than the targets (measured at seed 0: AUC dfme
-0.995, gan 0.998, ddpm 0.927; benign FPR 0.56 %). The slow one trains the default
-configuration and asserts what it met on every measured seed (see
+~40 s on one thread) and asserts looser margins than the targets. Measured at seed 0: AUC dfme
+0.996, gan 1.000, ddpm 0.929; benign FPR 3.6 % (its 170 calibration scores happened to have a
+light tail: 2.3-3.6 % of every other benign split scored above the threshold). The slow one
+trains the default configuration and asserts what it met on every measured seed (see
 ``benchmarks/results/guardian_digits.json``). Both measure the false-positive rate on the test
 split, which no training or calibration step sees.
 """
@@ -68,5 +69,5 @@ def test_default_guardian_meets_per_source_targets_on_digits() -> None:
     _, report, fpr, _ = _train(GuardianConfig())
     assert report.source_auc["dfme"] >= 0.95, report
     assert report.source_auc["gan"] >= 0.95, report
-    assert report.source_auc["ddpm"] >= 0.85, report  # measured 0.90-0.98 (target 0.95)
+    assert report.source_auc["ddpm"] >= 0.85, report  # measured 0.885-0.982 (target 0.95)
     assert fpr <= 0.02, fpr
