@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from stealproof import __version__
-from stealproof.errors import StealproofError
+from stealproof._cli_errors import err_console, friendly_errors
 
 app = typer.Typer(
     name="stealproof",
@@ -35,7 +34,6 @@ app = typer.Typer(
 )
 # piped output gets a fixed, wide layout instead of rich's 80-column default
 console = Console(width=None if sys.stdout.isatty() else 132)
-err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
@@ -50,21 +48,6 @@ ThreadsOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
-
-
-def friendly_errors(func: F) -> F:
-    """Turn user errors into one line on stderr and exit status 2."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (StealproofError, ValueError, FileNotFoundError, KeyError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @contextmanager

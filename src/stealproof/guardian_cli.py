@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+
+from stealproof._cli_errors import friendly_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,36 +32,8 @@ def _group() -> None:
     """Model-Guardian's DFMS detector: flag queries that look synthetic."""
 
 
-def _friendly(func: F) -> F:
-    """User errors print one line on stderr and exit with status 2 (as the main CLI)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pydantic import ValidationError
-        from rich.markup import escape
-
-        from stealproof.cli import err_console
-        from stealproof.errors import StealproofError
-
-        try:
-            return func(*args, **kwargs)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            msg = f"{where}: {err['msg']}"
-            err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
-            raise typer.Exit(2) from None
-        except (StealproofError, ValueError, FileNotFoundError, KeyError) as e:
-            text = str(e).strip()
-            msg = text.splitlines()[0] if text else type(e).__name__
-            err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 @app.command("train")
-@_friendly
+@friendly_errors
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Bundle file to write.")] = Path("guardian.pt"),
     scenario: Annotated[

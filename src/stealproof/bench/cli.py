@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+
+from stealproof._cli_errors import friendly_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,30 +26,8 @@ bench_app = typer.Typer(
 )
 
 
-def _friendly(func: F) -> F:
-    """Like the main CLI's ``friendly_errors`` (one line on stderr, exit status 2), with the
-    message escaped so that text like ``stealproof[ray]`` is not read as rich markup."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rich.markup import escape
-
-        from stealproof.cli import err_console
-        from stealproof.errors import StealproofError
-
-        try:
-            return func(*args, **kwargs)
-        except (StealproofError, ValueError, FileNotFoundError, KeyError) as e:
-            text = str(e).strip()
-            msg = text.splitlines()[0] if text else type(e).__name__
-            err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 @bench_app.command("run")
-@_friendly
+@friendly_errors
 def run_cmd(
     config: Annotated[
         str,
@@ -92,10 +71,11 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Run a benchmark grid; a re-run into the same --out finishes only the missing cells."""
+    from stealproof._cli_errors import err_console
     from stealproof.bench.config import load_config
     from stealproof.bench.report import write_outputs
     from stealproof.bench.runner import BenchBackendError, execute, plan_run
-    from stealproof.cli import _setup, console, err_console, progress_bar
+    from stealproof.cli import _setup, console, progress_bar
 
     if backend not in ("serial", "ray"):
         raise BenchBackendError(f"--backend: expected serial or ray, got {backend!r}")
@@ -148,7 +128,7 @@ def run_cmd(
 
 
 @bench_app.command("report")
-@_friendly
+@friendly_errors
 def report_cmd(
     out: Annotated[Path, typer.Argument(metavar="DIR", help="A directory of `bench run`.")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing.")] = False,
