@@ -9,7 +9,9 @@ Steps (one scenario, one seed):
    random permutation of its half followed by randomly augmented repeats (``Pool.draw``:
    small affine jitter) until it has ``--stream-len`` queries; every stream has its own seed;
 3. delta = :func:`calibrate_delta` on the calibration streams (the smallest W any test
-   computed on them; flag rule W < delta);
+   computed on them, minus ``--delta-margin``, 0.02 by default; flag rule W < delta);
+   PRADA pools per-class distances scaled by their median (``--class-scale median``, our
+   change) or raw as in the paper (``--class-scale none``);
 4. the evaluation streams, and the query streams the attacks sent (recorded in query order:
    the transfer set of each attack run against an undefended black box), are replayed through
    PRADA; reported: every stream's smallest W and the first query flagged at the calibrated
@@ -20,8 +22,8 @@ the first images of the thief's own ``unlabeled`` split), and KnockoffNets with 
 policy from the scenario's thief pool (``mnist8`` for digits, ``digits28`` for mnist5k).
 ``--seeds 0,1,2`` repeats everything (victim, streams, attacks) per seed.
 
-    python benchmarks/prada_streams.py --scenario digits --seeds 0,1,2 \
-        --out benchmarks/results/prada_digits.json
+    python benchmarks/prada_streams.py --scenario mnist5k --seeds 0,1,2 \
+        --out benchmarks/results/prada_mnist5k.json
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from _output import emit
 
 from stealproof.attacks import JBDA, JBSelf, JBTop3, KnockoffNets, clone_factory_like
 from stealproof.data import Pool, load_dataset, load_pool
-from stealproof.detectors import PradaConfig, StreamTrace, calibrate_delta, trace_stream
+from stealproof.detectors import (
+    PradaConfig,
+    PradaDetector,
+    StreamTrace,
+    calibrate_delta,
+    trace_stream,
+)
 from stealproof.experiment import SCENARIOS, train_victim
 from stealproof.oracle import BlackBox
 
@@ -78,10 +86,15 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     ev = benign_streams(eval_images, args.streams, args.stream_len, seed=2000 + 100 * seed)
 
     t1 = time.perf_counter()
-    delta = calibrate_delta(cal, victim, config=PradaConfig())
+    base = PradaConfig(class_scale=args.class_scale)
+    delta = calibrate_delta(cal, victim, config=base, margin=args.delta_margin)
     t_cal = time.perf_counter() - t1
-    cal_traces = [trace_stream(s, victim) for s in cal]
-    benign = [summarise(trace_stream(s, victim), delta) for s in ev]
+
+    def trace(s: torch.Tensor) -> StreamTrace:
+        return trace_stream(s, victim, detector=PradaDetector(base))
+
+    cal_traces = [trace(s) for s in cal]
+    benign = [summarise(trace(s), delta) for s in ev]
 
     attacks: dict[str, Any] = {}
     make = clone_factory_like(victim)
@@ -104,7 +117,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                 stream = attack.run(box, seeds, args.budget, make).transfer.images
                 key = f"{name}@seed_set={n_seed}"
                 source = f"seed set: first {n_seed} images of the thief's unlabeled split"
-            tr = trace_stream(stream, victim)
+            tr = trace(stream)
             first = tr.first_flag_at(delta)
             attacks[key] = {
                 "source": source,
@@ -152,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-sets", default="150,100,50", help="JBDA seed-set sizes")
     ap.add_argument("--attacks", default="jbda,jb-self,jb-top3,knockoff")
     ap.add_argument("--seeds", default="0", help="victim/stream seeds, comma-separated")
+    ap.add_argument(
+        "--class-scale",
+        default="median",
+        choices=["median", "none"],
+        help="PRADA's pooling: per-class median scaling (ours, default) or raw (the paper)",
+    )
+    ap.add_argument(
+        "--delta-margin",
+        type=float,
+        default=0.02,
+        help="delta = smallest benign calibration W minus this (fresh streams dip lower)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -180,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = {
         "scenario": args.scenario,
-        "prada_config": PradaConfig().model_dump(),
+        "prada_config": PradaConfig(class_scale=args.class_scale).model_dump(),
         "reference_delta": REFERENCE_DELTA,
+        "delta_margin": args.delta_margin,
         "summary": summary,
         "runs": runs,
         "seconds": time.perf_counter() - t0,

@@ -2,10 +2,12 @@
 
 Benign data are the defender's held-out images (test + unlabeled splits), split into two
 disjoint halves: five calibration streams from one half, five evaluation streams from the
-other (1,000 queries each: a permutation of the half, then augmented repeats). The JBDA stream
-is what the attack actually sent through an undefended black box (its transfer set, in query
-order), from a 50-image seed set; ``benchmarks/prada_streams.py`` reports the other seed-set
-sizes (with 150 seed images the digits stream is not always flagged within 500 queries).
+other (1,000 queries each: a permutation of the half, then augmented repeats); delta is the
+smallest calibration W minus a 0.02 margin. The JBDA stream is what the attack actually sent
+through an undefended black box (its transfer set, in query order), from a 100-image seed set
+(first flag at query 240 when measured; ``benchmarks/prada_streams.py`` reports the other
+seed-set sizes: with 150 seed images the 8×8 digits stream is not flagged within 500 queries,
+on mnist5k it is — see ``test_prada_mnist5k.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def test_prada_flags_jbda_within_500_queries_and_no_benign_stream() -> None:
     cal = streams(held_out[perm[:half]], 5, 1000, seed=1000)
     ev = streams(held_out[perm[half:]], 5, 1000, seed=2000)
 
-    delta = calibrate_delta(cal, victim)
+    delta = calibrate_delta(cal, victim, margin=0.02)
     assert 0.5 < delta < 1.0
     for s in ev:
         tr = trace_stream(s, victim, detector=PradaDetector(delta=delta))
@@ -46,10 +48,12 @@ def test_prada_flags_jbda_within_500_queries_and_no_benign_stream() -> None:
 
     box = BlackBox(victim, budget=500, client_id="thief")
     jb = JBDA(seed=0, train=sc.clone_training)
-    sent = jb.run(box, ds.unlabeled.images[:50], 500, clone_factory_like(victim)).transfer.images
+    seeds = ds.unlabeled.images[:100]
+    sent = jb.run(box, seeds, 500, clone_factory_like(victim)).transfer.images
     assert sent.shape[0] == 500
     tr = trace_stream(sent, victim, detector=PradaDetector(delta=delta))
-    assert tr.first_flag is not None and tr.first_flag <= 500, (tr.min_w, delta)
+    # flagged on the synthetic queries, not among the natural seed images
+    assert tr.first_flag is not None and 100 < tr.first_flag <= 500, (tr.min_w, delta)
 
     # the same stream sent live through a policy: deceptive answers, then the client is cut off
     policy = DetectionPolicy([PradaDetector(delta=delta)], max_flagged=100)

@@ -32,8 +32,9 @@ K = 4
 class NaivePrada:
     """ALGORITHMS §3.2 written as plainly as possible: one query at a time, numpy float64."""
 
-    def __init__(self, delta: float = 0.9) -> None:
+    def __init__(self, delta: float = 0.9, class_scale: str = "median") -> None:
         self.delta = delta
+        self.class_scale = class_scale
         self.growing: dict[int, list[np.ndarray]] = {}
         self.threshold: dict[int, float] = {}
         self.recorded: dict[int, list[float]] = {}
@@ -64,7 +65,10 @@ class NaivePrada:
                 self.distances[k] for k in sorted(self.distances) if len(self.distances[k]) >= 10
             ]
             if lists:
-                pooled = np.concatenate([np.asarray(v) for v in lists])
+                arrays = [np.asarray(v) for v in lists]
+                if self.class_scale == "median":
+                    arrays = [a / np.median(a) if np.median(a) > 0 else a for a in arrays]
+                pooled = np.concatenate(arrays)
                 pooled = pooled[np.abs(pooled - pooled.mean()) <= 3 * pooled.std()]
                 if pooled.size > 100:
                     self.w = float(shapiro(pooled).statistic)
@@ -197,16 +201,17 @@ def test_hand_computed_thresholds_and_growing_set() -> None:
     assert st["growing"].shape == (3, 2)
 
 
+@pytest.mark.parametrize("class_scale", ["median", "none"])
 @pytest.mark.parametrize("batch", [1, 7, 64, 1000])
-def test_vectorised_equals_naive_reference(batch: int) -> None:
+def test_vectorised_equals_naive_reference(batch: int, class_scale: str) -> None:
     # 3 fresh classes, near-duplicates mixed in so that intra-batch additions matter
     x, y = natural_stream(360, seed=3)
     x[200:260] = (x[100:160] + 0.01).clamp(0, 1)
-    naive = NaivePrada(delta=0.985)
+    naive = NaivePrada(delta=0.985, class_scale=class_scale)
     expected = torch.tensor(
         [naive.query(x[i].reshape(-1).double().numpy(), int(y[i].argmax())) for i in range(len(x))]
     )
-    det = PradaDetector(delta=0.985)
+    det = PradaDetector(delta=0.985, class_scale=class_scale)
     out = [det.observe("c", x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
     flags = torch.cat([o.flags for o in out])
     scores = torch.cat([o.scores for o in out])
@@ -420,3 +425,56 @@ def test_calibrate_delta_uses_the_config_and_rejects_short_streams() -> None:
     # with a smaller pool requirement the same stream calibrates
     delta = calibrate_delta(streams, class_of_first_pixels, config=PradaConfig(min_pooled=20))
     assert 0.0 < delta <= 1.0
+
+
+def test_calibrate_delta_margin_lowers_delta_and_is_validated() -> None:
+    streams = [
+        torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in range(2)
+    ]
+    delta = calibrate_delta(streams, class_of_first_pixels)
+    assert calibrate_delta(streams, class_of_first_pixels, margin=0.02) == pytest.approx(
+        delta - 0.02, abs=1e-15
+    )
+    assert calibrate_delta(streams, class_of_first_pixels, margin=0.999) == 0.0
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputValidationError, match="margin"):
+            calibrate_delta(streams, class_of_first_pixels, margin=bad)
+
+
+def two_scale_stream(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Natural-like queries of two classes whose typical distances differ fivefold."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randint(0, 2, (n,), generator=g)
+    scale = torch.where(c == 0, 1.0, 0.2)[:, None, None, None]
+    x = 0.5 + scale * (torch.rand(n, 1, 4, 4, generator=g) - 0.5)
+    return x, posteriors_for(c)
+
+
+def test_median_scaling_removes_the_mixture_of_class_scales() -> None:
+    """Raw pooling sees two clusters of distances (one per class scale) and flags a benign
+    stream; per-class median scaling keeps each class's shape and does not."""
+    x, y = two_scale_stream(400, seed=0)
+    paper = PradaDetector(class_scale="none")
+    paper.observe("c", x, y)
+    ours = PradaDetector(class_scale="median")
+    ours.observe("c", x, y)
+    w_paper, w_ours = paper.last_w("c"), ours.last_w("c")
+    assert w_paper is not None and w_ours is not None
+    assert w_paper < 0.9 < 0.95 < w_ours, (w_paper, w_ours)
+    # scaling keeps each class's distances up to one factor
+    raw = paper.client_state("c")["classes"]
+    pooled = ours.pooled_distances("c")
+    expected = np.concatenate(
+        [cs["distances"].numpy() / np.median(cs["distances"].numpy()) for cs in raw.values()]
+    )
+    expected = expected[np.abs(expected - expected.mean()) <= 3 * expected.std()]
+    np.testing.assert_allclose(np.sort(pooled), np.sort(expected), rtol=1e-12)
+
+
+def test_median_scaling_leaves_a_zero_median_class_unscaled() -> None:
+    x = torch.zeros(150, 1, 2, 2)  # one image, repeated: every distance is 0
+    y = posteriors_for(torch.zeros(150, dtype=torch.long))
+    det = PradaDetector()
+    det.observe("c", x, y)
+    pooled = det.pooled_distances("c")
+    assert pooled.size == 149 and bool(np.all(pooled == 0))
