@@ -36,11 +36,12 @@ import torch
 from _output import emit
 
 from stealproof.attacks import JBDA, JBSelf, JBTop3, KnockoffNets, clone_factory_like
-from stealproof.data import Pool, load_dataset, load_pool
+from stealproof.data import load_dataset, load_pool
 from stealproof.detectors import (
     PradaConfig,
     PradaDetector,
     StreamTrace,
+    benign_streams,
     calibrate_delta,
     trace_stream,
 )
@@ -48,12 +49,6 @@ from stealproof.experiment import SCENARIOS, train_victim
 from stealproof.oracle import BlackBox
 
 REFERENCE_DELTA = 0.9
-
-
-def benign_streams(images: torch.Tensor, n: int, length: int, seed: int) -> list[torch.Tensor]:
-    """``n`` streams of ``length`` queries: a permutation of ``images``, then augmented repeats."""
-    pool = Pool("benign", images, torch.zeros(images.shape[0], dtype=torch.long))
-    return [pool.draw(length, torch.Generator().manual_seed(seed + i))[0] for i in range(n)]
 
 
 def summarise(tr: StreamTrace, delta: float, every: int = 100) -> dict[str, Any]:

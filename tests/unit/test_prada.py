@@ -16,6 +16,7 @@ from stealproof.detectors import (
     Detector,
     PradaConfig,
     PradaDetector,
+    benign_streams,
     calibrate_delta,
     dumps_state,
     loads_state,
@@ -478,3 +479,18 @@ def test_median_scaling_leaves_a_zero_median_class_unscaled() -> None:
     det.observe("c", x, y)
     pooled = det.pooled_distances("c")
     assert pooled.size == 149 and bool(np.all(pooled == 0))
+
+
+def test_benign_streams_permute_then_augment() -> None:
+    images = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    a = benign_streams(images, 3, 100, seed=7)
+    b = benign_streams(images, 3, 100, seed=7)
+    assert len(a) == 3 and all(s.shape == (100, 1, 8, 8) for s in a)
+    assert all(torch.equal(s, t) for s, t in zip(a, b, strict=True))  # seeded
+    assert not torch.equal(a[0], a[1])  # stream i is seeded with seed + i
+    # the first pass is a permutation of the images; the repeats are jittered copies
+    match = torch.cdist(a[0][:40].reshape(40, -1), images.reshape(40, -1)).argmin(dim=1)
+    assert torch.equal(a[0][:40], images[match]) and match.unique().numel() == 40
+    assert bool((a[0] >= 0).all() and (a[0] <= 1).all())
+    with pytest.raises(InputValidationError):
+        benign_streams(images, 0, 100, seed=0)

@@ -15,6 +15,7 @@ from stealproof.detectors.prada import (
     PradaConfig,
     PradaDetector,
     StreamTrace,
+    benign_streams,
     calibrate_delta,
     trace_stream,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "PradaDetector",
     "StreamTrace",
     "benign_fpr",
+    "benign_streams",
     "calibrate_delta",
     "calibrate_threshold",
     "dumps_state",

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from stealproof._validate import check_images, check_posteriors
+from stealproof.data.pools import Pool
 from stealproof.defenses.base import format_validation_error
 from stealproof.detectors.base import Detection, Detector
 from stealproof.errors import InputValidationError
@@ -447,6 +448,20 @@ def trace_stream(
             lo = hi
     det.reset_client(client_id)
     return StreamTrace(queries=int(x.shape[0]), checks=checks, first_flag=first)
+
+
+def benign_streams(images: Tensor, n: int, length: int, seed: int) -> list[Tensor]:
+    """``n`` benign query streams of ``length`` images for :func:`calibrate_delta`.
+
+    Each is a random permutation of ``images`` followed, past one pass, by randomly augmented
+    repeats (small affine jitter, :meth:`~stealproof.data.Pool.draw`); stream ``i`` is seeded
+    with ``seed + i``.
+    """
+    x = check_images(images, "images")
+    if n < 1 or length < 1:
+        raise InputValidationError(f"n, length: expected ≥ 1, got {n}, {length}")
+    pool = Pool("benign", x, torch.zeros(x.shape[0], dtype=torch.long))
+    return [pool.draw(length, torch.Generator().manual_seed(seed + i))[0] for i in range(n)]
 
 
 def calibrate_delta(
