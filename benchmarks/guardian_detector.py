@@ -5,7 +5,11 @@ split, and prints JSON per seed: per-source held-out ROC-AUC of each sub-detecto
 fused detector, leave-one-source-out AUC (the fused detector without that source's
 sub-detector, on that source), the calibrated threshold, the false-positive rate on the
 benign test split (never used in training or calibration), detection rates at the threshold and
-training seconds; plus min / mean over seeds.
+training seconds; plus min / mean over seeds. With the quantisation cue on (the default),
+``snapped_*`` repeat the per-source numbers on held-out source samples rounded to the
+defender's pixel grid (an adaptive attacker removing that cue). ``--set`` overrides
+``GuardianConfig`` fields, e.g. ``--set '{"quantization_cue": false}'`` for the detector
+without the cue.
 
     python benchmarks/guardian_detector.py --scenario digits --seeds 0,1,2 \\
         --out benchmarks/results/guardian_digits.json
@@ -14,6 +18,7 @@ training seconds; plus min / mean over seeds.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from dataclasses import asdict
@@ -34,12 +39,12 @@ from stealproof.experiment import SCENARIOS, train_victim
 TARGETS = {"source_auc_min": 0.95, "loo_auc_min": 0.8, "benign_fpr_max": 0.02}
 
 
-def run_seed(scenario: str, seed: int) -> dict[str, Any]:
+def run_seed(scenario: str, seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """One victim + detector; the numbers of the JSON's ``runs`` entries."""
     sc = SCENARIOS[scenario]
     ds = load_dataset(sc.dataset)
     victim, acc = train_victim(ds, sc.model, sc.victim_training, seed=seed)
-    cfg = guardian_config(scenario, seed=seed)
+    cfg = guardian_config(scenario, **{**(overrides or {}), "seed": seed})
     t0 = time.perf_counter()
     bundle, report = train_guardian(victim, ds.train.images, cfg)
     train_s = time.perf_counter() - t0
@@ -61,7 +66,10 @@ def run_seed(scenario: str, seed: int) -> dict[str, Any]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Min and mean over seeds of every per-source number, FPR and seconds."""
     out: dict[str, Any] = {}
-    for key in ("source_auc", "fused_auc", "loo_auc", "tpr"):
+    keys = ["source_auc", "fused_auc", "loo_auc", "tpr"]
+    if all(r.get("snapped_source_auc") for r in runs):
+        keys += ["snapped_source_auc", "snapped_fused_auc", "snapped_loo_auc", "snapped_tpr"]
+    for key in keys:
         out[key] = {
             src: {
                 "min": min(r[key][src] for r in runs),
@@ -88,13 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--set",
+        default="{}",
+        help="GuardianConfig overrides as JSON, e.g. '{\"quantization_cue\": false}'",
+    )
     args = ap.parse_args(argv)
+    overrides = json.loads(args.set)
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [run_seed(args.scenario, s) for s in seeds]
+    runs = [run_seed(args.scenario, s, overrides) for s in seeds]
     result = {
         "scenario": args.scenario,
-        "config": guardian_config(args.scenario).model_dump(mode="json"),
+        "overrides": overrides,
+        "config": guardian_config(args.scenario, **overrides).model_dump(mode="json"),
         "targets": TARGETS,
         "summary": summarise(runs),
         "runs": runs,

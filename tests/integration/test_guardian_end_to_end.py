@@ -3,9 +3,9 @@
 The defender trains a reduced guardian (the fast configuration of test_guardian_digits.py); the
 thief runs DFME with its own seed. Measured with the default guardian and 100,000 rows
 (``python benchmarks/guardian_end_to_end.py``, ``benchmarks/results/guardian_e2e_digits.json``):
-undefended clone 76.9%; through the guardian the thief was blocked at row 1,219 and its clone
-ended at 13.1% (64 points lower); DPreds alone (no termination) flagged 83% of the thief's rows
-and cost its clone 18.3 points. The benign client's top-1 answers equalled the victim's on all
+undefended clone 77.5%; through the guardian the thief was blocked at row 1,000 and its clone
+ended at 12.5% (65 points lower); DPreds alone (no termination) flagged 99.98% of the thief's
+rows and cost its clone 27.8 points. The benign client's top-1 answers equalled the victim's on all
 360 test images, 1 was flagged, and it was never blocked.
 """
 

@@ -1,8 +1,8 @@
 """Tests for the Model-Guardian DFMS detector's parts: the LGrad gradient representation
 against per-sample autograd, its normalisation, the threshold calibration rule, the bundle's
 save/load round trip, the Detector protocol, the defender-data splits, the generic
-corruptions, the GAN / DDPM samplers, the DFME query recorder and the ``guardian train`` CLI's
-argument handling."""
+corruptions, the quantisation cue, the GAN / DDPM samplers, the DFME query recorder and the
+``guardian train`` CLI's argument handling."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from stealproof.detectors import Detector
-from stealproof.detectors.corruptions import corrupt
+from stealproof.detectors.corruptions import KINDS, corrupt
 from stealproof.detectors.ddpm import DDPM, DDPMConfig, train_ddpm
 from stealproof.detectors.gan import GANConfig, train_gan
 from stealproof.detectors.gradient import (
@@ -32,6 +32,11 @@ from stealproof.detectors.guardian import (
     calibrate_threshold,
     guardian_config,
     split_defender_data,
+)
+from stealproof.detectors.quantization import (
+    detect_levels,
+    quantization_residual,
+    snap_to_grid,
 )
 from stealproof.detectors.sources import RecordingBlackBox, dfme_queries
 from stealproof.errors import DataFileError, InputValidationError
@@ -174,6 +179,39 @@ def test_bundle_round_trip_gives_identical_scores(tmp_path: Path) -> None:
     assert torch.equal(r1.scores, r2.scores) and torch.equal(r1.flags, r2.flags)
 
 
+def test_bundle_round_trip_keeps_image_channel_grid_and_standardisation(tmp_path: Path) -> None:
+    dets = {}
+    for i, src in enumerate(("dfme", "gan", "ddpm")):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(i)
+            dets[src] = create_model(
+                "mlp", in_channels=3, image_size=(8, 8), num_classes=2, hidden=(8,)
+            ).eval()
+    bundle = GuardianBundle(
+        _transform(),
+        dets,
+        0.5,
+        detector_input="gradient+image",
+        quantization_levels=16,
+        score_offset=torch.tensor([1.0, -2.0, 0.5]),
+        score_scale=torch.tensor([2.0, 0.5, 1.0]),
+    )
+    x = _images(7, seed=3)
+    feats = bundle.features(x)
+    assert feats.shape == (7, 3, 8, 8)
+    torch.testing.assert_close(feats[:, 1:2], x)
+    torch.testing.assert_close(feats[:, 2:3], quantization_residual(x, 16))
+    raw = bundle.source_logits(x)
+    std = bundle.source_scores(x)
+    torch.testing.assert_close(
+        std, (raw - torch.tensor([1.0, -2.0, 0.5])) / torch.tensor([2, 0.5, 1])
+    )
+    torch.testing.assert_close(bundle.fused_logits(x), std.max(dim=1).values)
+    loaded = GuardianBundle.load(bundle.save(tmp_path / "g.pt"))
+    assert loaded.detector_input == "gradient+image" and loaded.quantization_levels == 16
+    torch.testing.assert_close(loaded.fused_logits(x), bundle.fused_logits(x), rtol=0, atol=0)
+
+
 def test_bundle_load_rejects_other_files(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="not found"):
         GuardianBundle.load(tmp_path / "missing.pt")
@@ -271,6 +309,28 @@ def test_corruptions_stay_in_range_and_are_seeded() -> None:
     assert torch.equal(a, b) and a.shape == x.shape
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert not torch.equal(a, x)
+    for kinds in (1, 5, KINDS):  # every kind count works, also on images of other sizes
+        c = corrupt(_images(32, shape=(1, 28, 28)), torch.Generator().manual_seed(2), kinds)
+        assert c.shape == (32, 1, 28, 28) and float(c.min()) >= 0 and float(c.max()) <= 1
+    with pytest.raises(InputValidationError, match="kinds"):
+        corrupt(x, torch.Generator(), KINDS + 1)
+
+
+def test_quantisation_grid_is_detected_snapped_and_measured() -> None:
+    x = torch.randint(0, 17, (50, 1, 8, 8), generator=torch.Generator().manual_seed(0)) / 16
+    assert detect_levels(x) == 16
+    assert detect_levels(torch.randint(0, 256, (20, 1, 28, 28)) / 255) == 255
+    assert detect_levels(_images(10)) == 0  # continuous pixels: no grid
+    assert torch.equal(quantization_residual(x, 16), torch.zeros_like(x))
+    y = _images(10)
+    r = quantization_residual(y, 16)
+    assert float(r.min()) >= 0 and float(r.max()) <= 1 and float(r.mean()) > 0.3
+    snapped = snap_to_grid(y, 16)
+    assert float((snapped - y).abs().max()) <= 1 / 32 + 1e-6
+    assert float(quantization_residual(snapped, 16).max()) < 1e-4
+    assert torch.equal(snap_to_grid(y, 0), y) and torch.equal(quantization_residual(y, 0), 0 * y)
+    with pytest.raises(InputValidationError, match="levels"):
+        snap_to_grid(y, -1)
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 16, 16)])

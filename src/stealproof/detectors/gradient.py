@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from stealproof import _progress
 from stealproof._validate import check_images
-from stealproof.detectors.corruptions import corrupt
+from stealproof.detectors.corruptions import KINDS, corrupt
 from stealproof.errors import InputValidationError
 from stealproof.models.base import Normalize
 
@@ -129,6 +129,9 @@ class TransformConfig(BaseModel):
     batch_size: int = Field(64, ge=1, description="real images per step (plus as many corrupted)")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    corruption_kinds: int = Field(
+        KINDS, ge=1, le=KINDS, description="corruption kinds drawn for the fake side"
+    )
     seed: int = 0
 
 
@@ -162,7 +165,7 @@ def train_transformation_net(
             perm = torch.randperm(n, generator=g).to(dev)
             for i in range(0, n, cfg.batch_size):
                 real = data[perm[i : i + cfg.batch_size]]
-                fake = corrupt(real, g)
+                fake = corrupt(real, g, cfg.corruption_kinds)
                 logits = net(torch.cat([real, fake]))[:, 0]
                 target = torch.cat([torch.ones(real.shape[0]), torch.zeros(fake.shape[0])])
                 loss = F.binary_cross_entropy_with_logits(logits, target.to(dev))
