@@ -1,8 +1,8 @@
 """Tests for the Model-Guardian DFMS detector's parts: the LGrad gradient representation
 against per-sample autograd, its normalisation, the threshold calibration rule, the bundle's
-save/load round trip, the Detector protocol, the defender-data splits, the generic
-corruptions, the quantisation cue, the GAN / DDPM samplers, the DFME query recorder and the
-``guardian train`` CLI's argument handling."""
+save/load round trip (with the generic scorers), the Detector protocol, the defender-data
+splits, the generic corruptions, the local outlier ratio, the quantisation cue, the GAN / DDPM
+samplers, the DFME query recorder and the ``guardian train`` CLI's argument handling."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ from stealproof.detectors.guardian import (
     calibrate_threshold,
     guardian_config,
     split_defender_data,
+)
+from stealproof.detectors.novelty import (
+    knn_distances,
+    local_outlier_ratio,
+    reference_k_distance,
 )
 from stealproof.detectors.quantization import (
     detect_levels,
@@ -212,6 +217,62 @@ def test_bundle_round_trip_keeps_image_channel_grid_and_standardisation(tmp_path
     torch.testing.assert_close(loaded.fused_logits(x), bundle.fused_logits(x), rtol=0, atol=0)
 
 
+def test_bundle_generic_scorers_are_columns_after_the_sources(tmp_path: Path) -> None:
+    base = _bundle()
+    ref = _images(30, seed=5)
+    kdist = reference_k_distance(ref, 2)
+    bundle = GuardianBundle(
+        base.transform,
+        base.detectors,
+        0.7,
+        score_offset=torch.tensor([0.5, -1.0, 0.2, 1.0]),
+        score_scale=torch.tensor([1.0, 2.0, 0.5, 0.25]),
+        generic=("transform", "lof"),
+        novelty_reference=ref.reshape(30, -1),
+        novelty_kdist=kdist,
+        novelty_neighbors=2,
+    )
+    assert bundle.score_names == ["dfme", "gan", "transform", "lof"]
+    x = _images(6, seed=6)
+    generic = bundle.generic_logits(x)
+    assert generic.shape == (6, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(generic[:, 0], -bundle.transform(x)[:, 0])
+    torch.testing.assert_close(generic[:, 1], local_outlier_ratio(x, ref, kdist, 2))
+    raw = bundle.raw_scores(x)
+    torch.testing.assert_close(raw[:, :2], bundle.source_logits(x))
+    torch.testing.assert_close(raw[:, 2:], generic)
+    torch.testing.assert_close(bundle.fused_logits(x), bundle.standardize(raw).max(dim=1).values)
+    loaded = GuardianBundle.load(bundle.save(tmp_path / "g.pt"))
+    assert loaded.score_names == bundle.score_names and loaded.novelty_neighbors == 2
+    torch.testing.assert_close(loaded.raw_scores(x), raw, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.fused_logits(x), bundle.fused_logits(x), rtol=0, atol=0)
+    # without generic scorers the columns are the sub-detectors alone
+    assert base.generic_logits(x).shape == (6, 0)
+    torch.testing.assert_close(base.raw_scores(x), base.source_logits(x))
+
+
+def test_local_outlier_ratio_flags_points_off_the_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(200, 2, generator=g)
+    d, idx = knn_distances(ref[:5], ref, 3, exclude_self=True)
+    assert d.shape == (5, 3) and bool((d[:, 1:] >= d[:, :-1]).all())
+    assert not bool((idx == torch.arange(5).view(-1, 1)).any())  # never its own neighbour
+    full = torch.cdist(ref[:5], ref)
+    full[torch.arange(5), torch.arange(5)] = float("inf")
+    torch.testing.assert_close(d, full.topk(3, largest=False).values)
+    kdist = reference_k_distance(ref, 3, batch_size=7)  # batching does not change it
+    torch.testing.assert_close(kdist, reference_k_distance(ref, 3))
+    inliers = torch.randn(50, 2, generator=g)
+    outliers = torch.randn(50, 2, generator=g) + torch.tensor([6.0, 0.0])
+    a, b = local_outlier_ratio(inliers, ref, kdist, 3), local_outlier_ratio(outliers, ref, kdist, 3)
+    assert float(a.median()) < 1.5 < float(b.min())
+    with pytest.raises(InputValidationError, match="k"):
+        knn_distances(inliers, ref, 201)
+    with pytest.raises(InputValidationError, match="values per row"):
+        knn_distances(torch.zeros(3, 5), ref, 1)
+
+
 def test_bundle_load_rejects_other_files(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="not found"):
         GuardianBundle.load(tmp_path / "missing.pt")
@@ -291,6 +352,9 @@ def test_config_validation_and_scenario_defaults() -> None:
         GuardianConfig(sources=())
     with pytest.raises(ValueError):
         GuardianConfig(unknown=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="duplicates"):
+        GuardianConfig(generic_scorers=("lof", "lof"))
+    assert GuardianConfig().generic_scorers == ("transform", "lof")
     m = guardian_config("mnist5k", seed=3, transform={"epochs": 2})
     assert m.seed == 3 and m.transform.epochs == 2 and m.transform.width == 16
     assert m.ddpm.denoiser == "mlp"

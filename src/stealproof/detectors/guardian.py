@@ -35,17 +35,32 @@ Our choices:
   rounding its queries to the grid. So the detector must not rest on it alone: 25 % of every
   sub-detector's synthetic side (source samples and generic corruptions alike) is snapped to
   the grid (``snapped_fraction``), and the report repeats every AUC on held-out source samples
-  snapped to the grid (``snapped_*``). ``quantization_cue=False`` turns the cue off;
+  snapped to the grid (``snapped_*``, also reported with the cue off).
+  ``quantization_cue=False`` turns the cue off;
 - a sub-detector's synthetic side is 75 % source samples and 25 % generic corruptions of real
   *train* images (source-agnostic negatives); its raw score is the logit difference
   ``l_synthetic − l_real``;
+- next to the three sub-detectors, two **source-agnostic generic scorers** (v3,
+  ``generic_scorers``) are fused with them, trained on no source at all, so they stay in every
+  leave-one-source-out detector: ``"transform"``, ``−f_T(x)`` (the transformation network's
+  own real-vs-corruption logit), and ``"lof"``, a simplified local outlier factor of the image
+  among the defender's real *fit* and *train* images in pixel space (``k = 3``;
+  :mod:`~stealproof.detectors.novelty`). Neither reads the quantisation residual, so rounding
+  a query to the grid barely changes them. Without them the sub-detectors did not generalise
+  to an unseen source once the cue was gone (leave-one-source-out AUC on ``digits``: gan
+  0.46–0.63, dfme 0.79–0.95); ``−f_T`` alone catches DFME and DDPM samples (AUC ≥ 0.99) but
+  not the GAN's (0.48–0.63), the outlier ratio catches the GAN's. Tried as the extra column
+  and dropped (digits, seeds 0–2, cue off): Mahalanobis distances of the pixels, of the
+  sub-detectors' input and of f_T's penultimate layer (GAN leave-one-out ≤ 0.74), a plain
+  nearest-neighbour distance (0.78–0.88 with ``−f_T``), PCA reconstruction error and an MLP
+  trained on real images vs all generic corruptions (≤ 0.77 on the GAN alone);
 - before fusion each raw score is **standardised** with the mean and standard deviation of that
-  sub-detector's scores on the benign calibration images, so one sub-detector with a wider
-  logit range cannot dominate the max; fusion is the **max** over sub-detectors; the
+  column's scores on the benign calibration images, so one score with a wider range cannot
+  dominate the max; fusion is the **max** over the sub-detectors and generic scorers; the
   reported score is ``sigmoid(max standardised score)``;
 - the threshold is **calibrated to a target false-positive rate** (default 1 %) on held-out
   benign data with the conformal rule of :func:`calibrate_threshold`; the standardisation uses
-  the same calibration images (two numbers per sub-detector), so the conformal guarantee is
+  the same calibration images (two numbers per score column), so the conformal guarantee is
   approximate — benign FPR is measured on separate data;
 - the defender's data is split four ways, each part used for one thing only (see
   :func:`split_defender_data`); benign FPR is measured on data none of them contains (for the
@@ -80,6 +95,7 @@ from stealproof.detectors.gradient import (
     transform_from_payload,
     transform_payload,
 )
+from stealproof.detectors.novelty import local_outlier_ratio, reference_k_distance
 from stealproof.detectors.quantization import (
     detect_levels,
     quantization_residual,
@@ -93,11 +109,19 @@ from stealproof.surrogate import freeze
 from stealproof.train import TrainConfig, train_model
 
 FORMAT = "stealproof-guardian"
-VERSION = 2
+VERSION = 3
+#: Bundle versions :meth:`GuardianBundle.load` reads (2: no generic scorers).
+READABLE_VERSIONS = (2, 3)
 
 #: What the sub-detectors read: the gradient representation alone, or with the image appended
 #: as extra channels.
 DetectorInput = Literal["gradient", "gradient+image"]
+
+#: Source-agnostic scorers fused with the sub-detectors (our choice, trained on no source):
+#: ``"transform"``, ``−f_T(x)`` (the transformation network's own real-vs-corruption logit,
+#: negated); ``"lof"``, the local outlier ratio of ``x`` among the defender's real images
+#: (:func:`.novelty.local_outlier_ratio`).
+GenericScorer = Literal["transform", "lof"]
 
 
 class GuardianConfig(BaseModel):
@@ -163,6 +187,14 @@ class GuardianConfig(BaseModel):
         description="standardise each sub-detector's score on the benign calibration images "
         "before the max fusion",
     )
+    generic_scorers: tuple[GenericScorer, ...] = Field(
+        ("transform", "lof"),
+        description="source-agnostic scores fused by max with the sub-detectors "
+        "(see GenericScorer); () for the three sub-detectors alone",
+    )
+    novelty_neighbors: int = Field(
+        3, ge=1, description="k of the local outlier ratio (the 'lof' generic scorer)"
+    )
 
     @field_validator("sources")
     @classmethod
@@ -171,6 +203,13 @@ class GuardianConfig(BaseModel):
             raise ValueError("sources: expected at least one of dfme, gan, ddpm")
         if len(set(v)) != len(v):
             raise ValueError(f"sources: duplicates in {v}")
+        return v
+
+    @field_validator("generic_scorers")
+    @classmethod
+    def _generic(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"generic_scorers: duplicates in {v}")
         return v
 
     def model_post_init(self, __context: Any) -> None:
@@ -301,6 +340,11 @@ def _vector(v: Tensor | None, fill: float, n: int) -> Tensor:
     return torch.full((n,), fill) if v is None else v.detach().cpu().float().reshape(n)
 
 
+def _optional(v: Tensor | None) -> Tensor | None:
+    """A saved tensor, or ``None`` for an absent or empty one."""
+    return None if v is None or v.numel() == 0 else v.float()
+
+
 def _synthetic_logit(logits: Tensor) -> Tensor:
     """A two-way sub-detector's score: ``l_synthetic − l_real``."""
     return logits[:, 1] - logits[:, 0]
@@ -308,14 +352,17 @@ def _synthetic_logit(logits: Tensor) -> Tensor:
 
 @dataclass
 class GuardianBundle:
-    """A trained DFMS detector: ``f_T``, one sub-detector per source, the per-source score
-    standardisation, the threshold, metadata.
+    """A trained DFMS detector: ``f_T``, one sub-detector per source, the source-agnostic
+    generic scorers, the per-column score standardisation, the threshold, metadata.
 
-    A sub-detector's raw score is ``l_synthetic − l_real``; it is standardised with
-    ``(raw − score_offset) / score_scale`` (per source, fitted on benign calibration images) and
-    ``threshold`` is on the fused score, the max over sources of the standardised scores.
-    ``detector_input`` says what the sub-detectors read (:data:`DetectorInput`). ``meta`` holds
-    the image shape, sources, target FPR, split sizes and the measured numbers.
+    The score columns are the sub-detectors (in ``detectors`` order), then the ``generic``
+    scorers (:data:`GenericScorer`). A sub-detector's raw score is ``l_synthetic − l_real``;
+    every column is standardised with ``(raw − score_offset) / score_scale`` (fitted on benign
+    calibration images) and ``threshold`` is on the fused score, the max over columns of the
+    standardised scores. ``detector_input`` says what the sub-detectors read
+    (:data:`DetectorInput`). The ``"lof"`` scorer reads ``novelty_reference`` (real images,
+    flattened, ``[R, C·H·W]``), their ``novelty_kdist`` (``[R]``) and ``novelty_neighbors``.
+    ``meta`` holds the image shape, sources, target FPR, split sizes and the measured numbers.
     """
 
     transform: TransformNet
@@ -326,11 +373,20 @@ class GuardianBundle:
     quantization_levels: int = 0
     score_offset: Tensor | None = None
     score_scale: Tensor | None = None
+    generic: tuple[GenericScorer, ...] = ()
+    novelty_reference: Tensor | None = None
+    novelty_kdist: Tensor | None = None
+    novelty_neighbors: int = 0
 
     @property
     def sources(self) -> list[str]:
         """Source names, in sub-detector order."""
         return list(self.detectors)
+
+    @property
+    def score_names(self) -> list[str]:
+        """Names of the score columns: the sources, then the generic scorers."""
+        return [*self.detectors, *self.generic]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -374,18 +430,60 @@ class GuardianBundle:
             )
         return torch.stack(cols, dim=1)
 
+    @torch.no_grad()
+    def generic_logits(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """Raw scores ``[B, G]`` of the generic scorers (higher: more synthetic), in
+        ``generic`` order: ``−f_T(x)`` for ``"transform"``, the local outlier ratio among
+        ``novelty_reference`` for ``"lof"``."""
+        x = check_images(x, "x", shape=self.image_shape)
+        dev = next(self.transform.parameters()).device
+        cols = []
+        for name in self.generic:
+            if name == "transform":
+                self.transform.eval()
+                cols.append(
+                    torch.cat(
+                        [
+                            -self.transform(x[i : i + batch_size].to(dev).float())[:, 0].cpu()
+                            for i in range(0, x.shape[0], batch_size)
+                        ]
+                    )
+                )
+            else:
+                if self.novelty_reference is None or self.novelty_kdist is None:
+                    raise InputValidationError("bundle: the 'lof' scorer has no reference images")
+                cols.append(
+                    local_outlier_ratio(
+                        x.detach().to(dev),
+                        self.novelty_reference.to(dev),
+                        self.novelty_kdist.to(dev),
+                        self.novelty_neighbors,
+                        batch_size=batch_size,
+                    ).cpu()
+                )
+        if not cols:
+            return torch.zeros(x.shape[0], 0)
+        return torch.stack(cols, dim=1).float()
+
+    def raw_scores(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """Unstandardised scores of every column ``[B, S + G]`` (see :attr:`score_names`)."""
+        return torch.cat(
+            [self.source_logits(x, batch_size), self.generic_logits(x, batch_size)], dim=1
+        )
+
     def standardize(self, raw: Tensor) -> Tensor:
-        """``(raw − score_offset) / score_scale`` per source column (identity when unset)."""
+        """``(raw − score_offset) / score_scale`` per score column (identity when unset)."""
         if self.score_offset is None or self.score_scale is None:
             return raw
         return (raw - self.score_offset.to(raw)) / self.score_scale.to(raw)
 
     def source_scores(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        """Standardised per-source scores ``[B, S]``; their max is the fused score."""
-        return self.standardize(self.source_logits(x, batch_size))
+        """Standardised scores ``[B, S + G]``: the sub-detectors, then the generic scorers
+        (:attr:`score_names`); their max is the fused score."""
+        return self.standardize(self.raw_scores(x, batch_size))
 
     def fused_logits(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        """Max over sub-detectors of the standardised scores, ``[B]``; a row is flagged when
+        """Max over score columns of the standardised scores, ``[B]``; a row is flagged when
         this exceeds ``threshold``."""
         return self.source_scores(x, batch_size).max(dim=1).values
 
@@ -409,8 +507,20 @@ class GuardianBundle:
             "threshold": float(self.threshold),
             "detector_input": self.detector_input,
             "quantization_levels": int(self.quantization_levels),
-            "score_offset": _vector(self.score_offset, 0.0, len(self.detectors)),
-            "score_scale": _vector(self.score_scale, 1.0, len(self.detectors)),
+            "score_offset": _vector(self.score_offset, 0.0, len(self.score_names)),
+            "score_scale": _vector(self.score_scale, 1.0, len(self.score_names)),
+            "generic": list(self.generic),
+            "novelty_reference": (
+                torch.zeros(0)
+                if self.novelty_reference is None
+                else self.novelty_reference.detach().cpu().float()
+            ),
+            "novelty_kdist": (
+                torch.zeros(0)
+                if self.novelty_kdist is None
+                else self.novelty_kdist.detach().cpu().float()
+            ),
+            "novelty_neighbors": int(self.novelty_neighbors),
             "meta_json": json.dumps(self.meta),
         }
         torch.save(payload, p)
@@ -428,7 +538,7 @@ class GuardianBundle:
             raise DataFileError(f"{p}: not a readable bundle ({type(e).__name__}: {e})") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise DataFileError(f"{p}: not a guardian bundle (missing format={FORMAT!r})")
-        if payload.get("version") != VERSION:
+        if payload.get("version") not in READABLE_VERSIONS:
             raise DataFileError(f"{p}: unsupported bundle version {payload.get('version')!r}")
         detectors = {
             name: _model_from_payload(d)
@@ -443,6 +553,10 @@ class GuardianBundle:
             quantization_levels=int(payload["quantization_levels"]),
             score_offset=payload["score_offset"].float(),
             score_scale=payload["score_scale"].float(),
+            generic=tuple(payload.get("generic", ())),
+            novelty_reference=_optional(payload.get("novelty_reference")),
+            novelty_kdist=_optional(payload.get("novelty_kdist")),
+            novelty_neighbors=int(payload.get("novelty_neighbors", 0)),
         )
 
 
@@ -502,12 +616,14 @@ class GuardianReport:
     """What :func:`train_guardian` measured on held-out data (the eval split and fresh samples).
 
     ``source_auc``: each sub-detector on its own source; ``fused_auc``: the fused detector on
-    each source; ``loo_auc``: the fused detector *without* that source's sub-detector, on that
-    source; ``tpr``: the fused detector's detection rate per source at the threshold;
-    ``eval_fpr``: its false-positive rate on the real eval split. ``quantization_levels``: the
-    pixel grid the detector reads (0: none). The ``snapped_*`` numbers are the same measures on
-    the held-out source samples rounded to that grid (an adaptive attacker removing the
-    quantisation cue); empty when there is no grid.
+    each source; ``loo_auc``: the fused detector *without* that source's sub-detector (the
+    other sub-detectors and the generic scorers, which no source trained), on that source;
+    ``tpr``: the fused detector's detection rate per source at the threshold; ``eval_fpr``: its
+    false-positive rate on the real eval split. ``quantization_levels``: the pixel grid the
+    sub-detectors read (0: none). ``generic_auc``: the max of the generic scorers alone on each
+    source (empty without generic scorers). The ``snapped_*`` numbers are the same measures on
+    the held-out source samples rounded to the defender's pixel grid (an adaptive attacker
+    removing the quantisation cue); empty when there is no grid.
     """
 
     source_auc: dict[str, float]
@@ -525,6 +641,8 @@ class GuardianReport:
     snapped_fused_auc: dict[str, float] = field(default_factory=dict)
     snapped_loo_auc: dict[str, float] = field(default_factory=dict)
     snapped_tpr: dict[str, float] = field(default_factory=dict)
+    generic_auc: dict[str, float] = field(default_factory=dict)
+    snapped_generic_auc: dict[str, float] = field(default_factory=dict)
 
 
 def _auc(real: Tensor, fake: Tensor) -> float:
@@ -692,7 +810,8 @@ def fit_guardian(
     seconds: dict[str, float] = {"transform": time.perf_counter() - t0}
     for src in cfg.sources:
         seconds[f"source_{src}"] = samples[src][2]
-    levels = detect_levels(x_all[splits.fit]) if cfg.quantization_cue else 0
+    grid = detect_levels(x_all[splits.fit])  # the defender's pixel grid (0: none)
+    levels = grid if cfg.quantization_cue else 0  # the grid the sub-detectors read
     bundle = GuardianBundle(
         transform=f_t,
         detectors={},
@@ -727,13 +846,22 @@ def fit_guardian(
         )
     seconds["detectors"] = time.perf_counter() - t
 
-    cal_raw = bundle.source_logits(x_all[splits.calibration])
+    bundle.generic = tuple(cfg.generic_scorers)
+    if "lof" in bundle.generic:
+        # real images only (fit + train), flattened; never eval, calibration or any source
+        reference = torch.cat([x_fit, x_train]).reshape(x_fit.shape[0] + x_train.shape[0], -1)
+        bundle.novelty_reference = reference.float().cpu()
+        bundle.novelty_kdist = reference_k_distance(reference, cfg.novelty_neighbors).cpu()
+        bundle.novelty_neighbors = cfg.novelty_neighbors
+
+    cal_raw = bundle.raw_scores(x_all[splits.calibration])
+    n_cols = cal_raw.shape[1]
     if cfg.standardize_scores:
         bundle.score_offset = cal_raw.mean(dim=0)
         bundle.score_scale = cal_raw.std(dim=0).clamp_min(1e-6)
     else:
-        bundle.score_offset = torch.zeros(len(cfg.sources))
-        bundle.score_scale = torch.ones(len(cfg.sources))
+        bundle.score_offset = torch.zeros(n_cols)
+        bundle.score_scale = torch.ones(n_cols)
     bundle.threshold = calibrate_threshold(
         bundle.standardize(cal_raw).max(dim=1).values, cfg.target_fpr
     )
@@ -743,15 +871,16 @@ def fit_guardian(
         src: bundle.source_scores(samples[src][1]) for src in cfg.sources
     }
     report = _report(bundle, cfg, real_eval, fake_eval, splits, seconds)
-    if levels:
+    if grid:
         snapped_eval: dict[str, Tensor] = {
-            src: bundle.source_scores(snap_to_grid(samples[src][1], levels)) for src in cfg.sources
+            src: bundle.source_scores(snap_to_grid(samples[src][1], grid)) for src in cfg.sources
         }
         adaptive = _report(bundle, cfg, real_eval, snapped_eval, splits, seconds)
         report.snapped_source_auc = adaptive.source_auc
         report.snapped_fused_auc = adaptive.fused_auc
         report.snapped_loo_auc = adaptive.loo_auc
         report.snapped_tpr = adaptive.tpr
+        report.snapped_generic_auc = adaptive.generic_auc
     report.quantization_levels = levels
     bundle.meta = {
         "image_shape": [int(s) for s in x_all.shape[1:]],
@@ -779,6 +908,8 @@ def _report(
     fused_auc: dict[str, float] = {}
     loo_auc: dict[str, float] = {}
     tpr: dict[str, float] = {}
+    generic_auc: dict[str, float] = {}
+    n_cols = real_eval.shape[1]  # sub-detectors, then generic scorers
     real_fused = real_eval.max(dim=1).values
     for j, src in enumerate(sources):
         fake = fake_eval[src]
@@ -786,10 +917,15 @@ def _report(
         fake_fused = fake.max(dim=1).values
         fused_auc[src] = _auc(real_fused, fake_fused)
         tpr[src] = float((fake_fused > thr).float().mean())
-        others = [k for k in range(len(sources)) if k != j]
+        others = [k for k in range(n_cols) if k != j]
         if others:
             loo_auc[src] = _auc(
                 real_eval[:, others].max(dim=1).values, fake[:, others].max(dim=1).values
+            )
+        if n_cols > len(sources):
+            generic_auc[src] = _auc(
+                real_eval[:, len(sources) :].max(dim=1).values,
+                fake[:, len(sources) :].max(dim=1).values,
             )
     return GuardianReport(
         source_auc=source_auc,
@@ -802,6 +938,7 @@ def _report(
         target_fpr=cfg.target_fpr,
         split_sizes=splits.sizes(),
         seconds=seconds,
+        generic_auc=generic_auc,
     )
 
 
