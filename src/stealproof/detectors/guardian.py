@@ -564,8 +564,9 @@ class GuardianBundle:
 
 
 class GuardianDetector(Detector):
-    """Stateless per-query DFMS detector: score = max sub-detector P(synthetic), flag above the
-    calibrated threshold. ``y`` (the victim's posteriors) is checked but not used."""
+    """Stateless per-query DFMS detector: score = sigmoid of the max standardised score column
+    (sub-detectors and generic scorers), flag above the calibrated threshold. ``y`` (the
+    victim's posteriors) is checked but not used."""
 
     name: ClassVar[str] = "guardian"
 
