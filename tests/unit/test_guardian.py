@@ -207,7 +207,7 @@ def test_bundle_round_trip_keeps_image_channel_grid_and_standardisation(tmp_path
     torch.testing.assert_close(feats[:, 1:2], x)
     torch.testing.assert_close(feats[:, 2:3], quantization_residual(x, 16))
     raw = bundle.source_logits(x)
-    std = bundle.source_scores(x)
+    std = bundle.column_scores(x)
     torch.testing.assert_close(
         std, (raw - torch.tensor([1.0, -2.0, 0.5])) / torch.tensor([2, 0.5, 1])
     )

@@ -340,6 +340,11 @@ def _vector(v: Tensor | None, fill: float, n: int) -> Tensor:
     return torch.full((n,), fill) if v is None else v.detach().cpu().float().reshape(n)
 
 
+def _stored(v: Tensor | None) -> Tensor:
+    """An optional tensor as saved: a CPU float copy, or an empty tensor for ``None``."""
+    return torch.zeros(0) if v is None else v.detach().cpu().float()
+
+
 def _optional(v: Tensor | None) -> Tensor | None:
     """A saved tensor, or ``None`` for an absent or empty one."""
     return None if v is None or v.numel() == 0 else v.float()
@@ -477,7 +482,7 @@ class GuardianBundle:
             return raw
         return (raw - self.score_offset.to(raw)) / self.score_scale.to(raw)
 
-    def source_scores(self, x: Tensor, batch_size: int = 256) -> Tensor:
+    def column_scores(self, x: Tensor, batch_size: int = 256) -> Tensor:
         """Standardised scores ``[B, S + G]``: the sub-detectors, then the generic scorers
         (:attr:`score_names`); their max is the fused score."""
         return self.standardize(self.raw_scores(x, batch_size))
@@ -485,7 +490,7 @@ class GuardianBundle:
     def fused_logits(self, x: Tensor, batch_size: int = 256) -> Tensor:
         """Max over score columns of the standardised scores, ``[B]``; a row is flagged when
         this exceeds ``threshold``."""
-        return self.source_scores(x, batch_size).max(dim=1).values
+        return self.column_scores(x, batch_size).max(dim=1).values
 
     def to(self, device: torch.device | str) -> GuardianBundle:
         """Move every network to ``device`` (in place); returns ``self``."""
@@ -510,16 +515,8 @@ class GuardianBundle:
             "score_offset": _vector(self.score_offset, 0.0, len(self.score_names)),
             "score_scale": _vector(self.score_scale, 1.0, len(self.score_names)),
             "generic": list(self.generic),
-            "novelty_reference": (
-                torch.zeros(0)
-                if self.novelty_reference is None
-                else self.novelty_reference.detach().cpu().float()
-            ),
-            "novelty_kdist": (
-                torch.zeros(0)
-                if self.novelty_kdist is None
-                else self.novelty_kdist.detach().cpu().float()
-            ),
+            "novelty_reference": _stored(self.novelty_reference),
+            "novelty_kdist": _stored(self.novelty_kdist),
             "novelty_neighbors": int(self.novelty_neighbors),
             "meta_json": json.dumps(self.meta),
         }
@@ -867,14 +864,14 @@ def fit_guardian(
         bundle.standardize(cal_raw).max(dim=1).values, cfg.target_fpr
     )
 
-    real_eval = bundle.source_scores(x_all[splits.eval])
+    real_eval = bundle.column_scores(x_all[splits.eval])
     fake_eval: dict[str, Tensor] = {
-        src: bundle.source_scores(samples[src][1]) for src in cfg.sources
+        src: bundle.column_scores(samples[src][1]) for src in cfg.sources
     }
     report = _report(bundle, cfg, real_eval, fake_eval, splits, seconds)
     if grid:
         snapped_eval: dict[str, Tensor] = {
-            src: bundle.source_scores(snap_to_grid(samples[src][1], grid)) for src in cfg.sources
+            src: bundle.column_scores(snap_to_grid(samples[src][1], grid)) for src in cfg.sources
         }
         adaptive = _report(bundle, cfg, real_eval, snapped_eval, splits, seconds)
         report.snapped_source_auc = adaptive.source_auc
