@@ -46,3 +46,19 @@ class ClientBlockedError(StealproofError):
         self.client_id = client_id
         self.reason = reason
         super().__init__(f"client {client_id!r} is blocked: {reason}")
+
+
+class ConfigError(StealproofError, ValueError):
+    """A command-line option, config field or parameter has a value that cannot be used."""
+
+
+class OutputPathError(StealproofError):
+    """An output location cannot be written (checked before any work starts)."""
+
+
+class ArtifactMismatchError(StealproofError):
+    """A saved artifact was made for another victim, config or package version."""
+
+
+class DeviceError(StealproofError):
+    """A requested torch device is unknown or not available on this machine."""

@@ -21,7 +21,6 @@ results survive upgrades that change nothing; rows carry the version separately.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import tomllib
@@ -44,23 +43,12 @@ from stealproof._names import unknown_name_message
 from stealproof.attacks.knockoff import default_clone_training
 from stealproof.errors import InputValidationError
 from stealproof.experiment import SCENARIOS, Scenario
+from stealproof.fingerprint import stable_hash
 from stealproof.train import TrainConfig
 
 
 class BenchConfigError(InputValidationError):
     """A benchmark config is malformed; the one-line message names the offending key."""
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the same value always gives the same text."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
-
-
-def stable_hash(obj: Any) -> str:
-    """SHA-256 (hex) of :func:`canonical_json`."""
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------- the YAML schema

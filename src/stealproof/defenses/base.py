@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
+from stealproof._names import field_names_hint
 from stealproof._validate import check_images, check_logits, check_posteriors
 from stealproof.errors import InputValidationError
 
@@ -25,12 +26,20 @@ class DefenseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def format_validation_error(owner: str, err: ValidationError) -> str:
-    """One line per pydantic error, naming the field: ``owner: field: message (got value)``."""
+def format_validation_error(
+    owner: str, err: ValidationError, model: type[BaseModel] | None = None
+) -> str:
+    """One line per pydantic error, naming the field: ``owner: field: message (got value)``.
+
+    An unknown field's message lists the valid names of ``model``.
+    """
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<config>"
         got = e.get("input")
+        if e["type"] == "extra_forbidden" and model is not None:
+            parts.append(f"{owner}: unknown parameter {loc!r}{field_names_hint(model)}")
+            continue
         suffix = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
         parts.append(f"{owner}: {loc}: {e['msg']}{suffix}")
     return "; ".join(parts)
@@ -78,7 +87,7 @@ class Defense(ABC):
         try:
             return cls.Config(**params)
         except ValidationError as e:
-            raise InputValidationError(format_validation_error(cls.name, e)) from None
+            raise InputValidationError(format_validation_error(cls.name, e, cls.Config)) from None
 
     def __init__(self, config: DefenseConfig | None = None, /, **params: Any) -> None:
         if config is not None and params:

@@ -28,7 +28,7 @@ from stealproof.defenses.registry import register
 
 class DeceptiveConfig(DefenseConfig):
     top_min: float = Field(
-        0.5, gt=0.5, le=1.0, description="smallest probability given to the top-1 class"
+        0.6, gt=0.5, le=1.0, description="smallest probability given to the top-1 class"
     )
     top_max: float = Field(
         0.9, gt=0.5, le=1.0, description="largest probability given to the top-1 class"
