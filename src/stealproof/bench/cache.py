@@ -26,11 +26,11 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from stealproof.bench.config import stable_hash
 from stealproof.data.datasets import Dataset
 from stealproof.defenses.base import Defense
 from stealproof.errors import StealproofError
 from stealproof.experiment import Scenario, train_victim
+from stealproof.fingerprint import stable_hash
 from stealproof.models.base import Classifier
 from stealproof.models.checkpoint import load_checkpoint, save_checkpoint
 

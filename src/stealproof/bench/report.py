@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from stealproof import metrics
-from stealproof.bench.config import attack_label, canonical_json
+from stealproof.bench.config import attack_label
 from stealproof.bench.store import CSV_NAME, ResultStore, write_csv, write_text_atomic
+from stealproof.fingerprint import canonical_json
 
 Row = Mapping[str, Any]
 
