@@ -15,3 +15,10 @@ def _single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _back_to_one_thread() -> Iterator[None]:
+    """CLI commands pick their own thread count; put torch back on one thread after each test."""
+    yield
+    torch.set_num_threads(1)

@@ -23,7 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 err_console = Console(stderr=True)
 
-REPORT_URL_HINT = "this is a bug in stealproof; please report it with the traceback above"
+REPORT_URL_HINT = "this is a bug in stealproof; please report it with the traceback that follows"
 
 
 def validation_message(e: ValidationError, prefix: str = "") -> str:

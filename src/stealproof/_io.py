@@ -64,8 +64,12 @@ def check_output_dir(path: str | Path, what: str = "--out") -> Path:
 
 
 def tmp_name(path: Path) -> Path:
-    """A unique hidden temporary name next to ``path`` (same directory, so rename is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    """A unique hidden temporary name next to ``path`` (same directory, so rename is atomic).
+
+    The suffix is kept (``.x.1234.ab12cd34.tmp.png``) so writers that infer a format from it work.
+    """
+    tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    return path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}")
 
 
 @contextmanager

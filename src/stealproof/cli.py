@@ -24,6 +24,7 @@ from rich.table import Table
 
 from stealproof import __version__
 from stealproof._cli_errors import err_console, friendly_errors
+from stealproof.errors import ConfigError
 
 app = typer.Typer(
     name="stealproof",
@@ -43,11 +44,20 @@ ThreadsOpt = Annotated[
     int,
     typer.Option(
         "--threads",
-        help="CPU threads for torch (0 = torch's default). Use 1 on a busy machine.",
+        help="CPU threads for torch (0 = auto: the cores not busy with other work when the "
+        "command starts, at least 1).",
         min=0,
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
+SplitTestOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--split-test",
+        help="For a file dataset with one labelled split: hold out this fraction (seeded, "
+        "stratified) as the test split.",
+    ),
+]
 
 
 @contextmanager
@@ -67,14 +77,61 @@ def progress_bar(quiet: bool) -> Iterator[Progress | None]:
         yield p
 
 
-def _setup(threads: int, quiet: bool) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
+def auto_threads() -> int:
+    """Torch threads that do not oversubscribe: usable cores less the current load, ≥ 1.
+
+    torch's own default takes every core even when other processes hold them, and small models
+    then spend more time synchronising threads than computing (measured: the quick demo took
+    300 s+ instead of 49 s next to one busy process on 2 cores).
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _setup(threads: int, quiet: bool, device: str | None = None) -> torch.device:
+    """Threads, logging and the device (checked before any work); returns the device."""
+    from stealproof._device import resolve_device
+
+    dev = resolve_device(device or "cpu")
+    torch.set_num_threads(threads if threads > 0 else auto_threads())
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
+    return dev
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """JSON text that is strict JSON: non-finite floats (NaN, ±inf) become ``null``."""
+    import math
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
+
+
+def check_victim_data(model: Any, data_shape: tuple[int, ...], what: str) -> None:
+    """Refuse data whose image shape is not the victim's, before any defense is built."""
+    want = tuple(getattr(model, "input_shape", ()) or ())
+    if want and tuple(data_shape) != want:
+        raise ConfigError(
+            f"{what}: images are {tuple(data_shape)} (C, H, W), the victim expects {want}"
+        )
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -82,8 +139,8 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param: expected KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param: expected KEY=VALUE, got {item!r}")
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -128,16 +185,16 @@ def demo(
 ) -> None:
     """Train a victim, attack it behind every registered defense, print the trade-offs."""
     from stealproof import defenses
+    from stealproof._io import check_output_dir
     from stealproof.demo import run_demo, write_demo_outputs
 
-    _setup(threads, quiet or as_json)
+    check_output_dir(out)
+    dev = _setup(threads, quiet or as_json, device)
     with progress_bar(quiet or as_json) as p:
-        report = run_demo(
-            quick=quick, budget=budget, pool=pool, seed=seed, device=device, progress=p
-        )
+        report = run_demo(quick=quick, budget=budget, pool=pool, seed=seed, device=dev, progress=p)
     results, png = write_demo_outputs(report, out)
     if as_json:
-        print(json.dumps([asdict(r) for r in report.rows], indent=2))
+        print(dumps_strict([asdict(r) for r in report.rows], indent=2))
         return
     if quiet:
         return
@@ -188,7 +245,7 @@ def train_victim_cmd(
         Path | None, typer.Option("--data-dir", help="Directory with dataset files.")
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
-    lr: Annotated[float | None, typer.Option("--lr", min=0.0)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (> 0).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
     defense: Annotated[
@@ -212,6 +269,7 @@ def train_victim_cmd(
         list[str] | None,
         typer.Option("--ini-param", help="InI config KEY=VALUE (gamma, delta, eps, pcgrad, ...)."),
     ] = None,
+    split_test: SplitTestOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "cpu",
@@ -219,15 +277,18 @@ def train_victim_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a victim classifier and save it as a checkpoint with its config."""
+    from stealproof._io import check_output_file
     from stealproof.data import load_dataset
-    from stealproof.experiment import SCENARIOS, train_victim
+    from stealproof.experiment import scenario_for, train_victim
     from stealproof.models import save_checkpoint
-    from stealproof.train import TrainConfig
 
-    _setup(threads, quiet or as_json)
+    check_output_file(out)
     if defense not in ("none", "ini"):
-        raise ValueError(f"--defense: expected none or ini, got {defense!r}")
-    ds = load_dataset(dataset, data_dir)
+        raise ConfigError(f"--defense: expected none or ini, got {defense!r}")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"--lr: expected a positive learning rate, got {lr}")
+    dev = _setup(threads, quiet or as_json, device)
+    ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test))
     if defense == "ini":
         from stealproof.ini import IniConfig, train_ini_victim
 
@@ -241,12 +302,12 @@ def train_victim_cmd(
                 }
             )
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(part) for part in err["loc"])
-            raise ValueError(f"InI config: {where}: {err['msg']}") from None
+            from stealproof._cli_errors import validation_message
+
+            raise ConfigError(validation_message(e, prefix="InI config: ")) from None
         with progress_bar(quiet or as_json) as p:
             victim, acc, res = train_ini_victim(
-                ds, model, ini_cfg, ini_ood, seed=seed, data_dir=data_dir, device=device, progress=p
+                ds, model, ini_cfg, ini_ood, seed=seed, data_dir=data_dir, device=dev, progress=p
             )
         meta = {
             "dataset": dataset,
@@ -258,11 +319,11 @@ def train_victim_cmd(
         }
         path = save_checkpoint(victim.cpu(), out, meta)
         if as_json:
-            print(json.dumps({"checkpoint": str(path), **meta}))
+            print(dumps_strict({"checkpoint": str(path), **meta}))
         elif not quiet:
             console.print(f"{model} on {dataset} (InI): test accuracy {100 * acc:.2f}% → {path}")
         return
-    base = SCENARIOS[dataset].victim_training if dataset in SCENARIOS else TrainConfig()
+    base = scenario_for(dataset).victim_training
     updates = {
         k: v
         for k, v in {
@@ -275,13 +336,24 @@ def train_victim_cmd(
     }
     cfg = base.model_copy(update=updates)
     with progress_bar(quiet or as_json) as p:
-        victim, acc = train_victim(ds, model, cfg, seed=seed, device=device, progress=p)
+        victim, acc = train_victim(ds, model, cfg, seed=seed, device=dev, progress=p)
     meta = {"dataset": dataset, "test_acc": acc, "seed": seed, "training": cfg.model_dump()}
+    if split_test is not None:
+        meta["split_test"] = split_test
     path = save_checkpoint(victim.cpu(), out, meta)
     if as_json:
-        print(json.dumps({"checkpoint": str(path), **meta}))
+        print(dumps_strict({"checkpoint": str(path), **meta}))
     elif not quiet:
         console.print(f"{model} on {dataset}: test accuracy {100 * acc:.2f}% → {path}")
+
+
+def _split_kwargs(split_test: float | None) -> dict[str, Any]:
+    """Keyword arguments of ``load_dataset`` for ``--split-test`` (none when not given)."""
+    if split_test is None:
+        return {}
+    if not 0 < split_test < 1:
+        raise ConfigError(f"--split-test: expected a fraction in (0, 1), got {split_test}")
+    return {"split_test": split_test}
 
 
 @app.command()
@@ -289,8 +361,13 @@ def train_victim_cmd(
 def attack(
     victim: Annotated[Path, typer.Option("--victim", help="Victim checkpoint (train-victim).")],
     dataset: Annotated[
-        str, typer.Option("--dataset", help="Dataset whose test split scores the clone.")
-    ] = "mnist5k",
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Dataset whose test split scores the clone (default: the one the victim's "
+            "checkpoint was trained on).",
+        ),
+    ] = None,
     defense: Annotated[str, typer.Option("--defense", help="See `stealproof list defenses`.")] = (
         "none"
     ),
@@ -311,8 +388,9 @@ def attack(
         str | None,
         typer.Option(
             "--pool",
-            help="See `stealproof list pools` (default: digits28 for knockoff; for the jbda "
-            "family, <dataset>-unlabeled, whose first 150 images in a seeded order are the seeds).",
+            help="See `stealproof list pools` (default: the dataset's scenario pool for knockoff, "
+            "e.g. digits28 for mnist5k; for the jbda family, <dataset>-unlabeled, whose first 150 "
+            "images in a seeded order are the seeds).",
         ),
     ] = None,
     policy: Annotated[str, typer.Option("--policy", help="random or adaptive.")] = "random",
@@ -364,6 +442,7 @@ def attack(
         int, typer.Option("--max-flagged", min=0, help="With --guardian; 0: never block.")
     ] = 1000,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    split_test: SplitTestOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for result.json.")] = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 0,
@@ -373,6 +452,7 @@ def attack(
 ) -> None:
     """Attack a saved victim behind a defense and report clone accuracy and fidelity."""
     from stealproof import metrics
+    from stealproof._io import check_output_dir, write_text_atomic
     from stealproof.attacks import (
         DATA_FREE_ATTACKS,
         JACOBIAN_ATTACKS,
@@ -383,46 +463,56 @@ def attack(
         create_jacobian_attack,
     )
     from stealproof.data import load_dataset, load_pool
-    from stealproof.experiment import defense_cost
+    from stealproof.experiment import defense_cost, scenario_for
     from stealproof.models import load_checkpoint
     from stealproof.oracle import BlackBox
-    from stealproof.train import TrainConfig
+    from stealproof.train import describe_training
 
-    _setup(threads, quiet or as_json)
     known = ["knockoff", "knockoff-labels", *JACOBIAN_ATTACKS, *DATA_FREE_ATTACKS]
     if name not in known:
         from stealproof._names import unknown_name_message
 
-        raise ValueError(unknown_name_message("attack", name, known))
+        raise ConfigError(unknown_name_message("attack", name, known))
+    if output not in ("probs", "topk", "label"):
+        raise ConfigError(f"--output: expected probs, topk or label, got {output!r}")
+    if policy not in ("random", "adaptive"):
+        raise ConfigError(f"--policy: expected random or adaptive, got {policy!r}")
+    thief_budget = budget // average
+    if thief_budget < 1:
+        raise ConfigError(f"--average: {average} copies per row leave no row of --budget {budget}")
+    if out is not None:
+        check_output_dir(out)
+    dev = _setup(threads, quiet or as_json, device)
     jacobian = name in JACOBIAN_ATTACKS
     data_free = name in DATA_FREE_ATTACKS
     label_only = label_only or name == "knockoff-labels"
-    if output not in ("probs", "topk", "label"):
-        raise ValueError(f"--output: expected probs, topk or label, got {output!r}")
-    model, meta = load_checkpoint(victim, map_location=device)
-    ds = load_dataset(dataset, data_dir)
-    log_images = sample_pool(query_sample, model, seed, data_dir)
-    d = build_defense(defense, parse_params(param), model, ds.train.images, models_dir, log_images)
-    if tuple(ds.input_shape) != tuple(model.input_shape):
-        raise ValueError(
-            f"--dataset: {dataset} images are {ds.input_shape}, the victim expects "
-            f"{tuple(model.input_shape)}"
-        )
+    model, meta = load_checkpoint(victim, map_location=dev)
+    dataset = resolve_dataset(dataset, meta, victim)
+    ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test))
+    check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
     c, h, w = ds.input_shape
-    pool = None if data_free else pool or (f"{dataset}-unlabeled" if jacobian else "digits28")
+    default_pool = f"{dataset}-unlabeled" if jacobian else scenario_for(dataset).pool
+    pool = None if data_free else pool or default_pool
     thief_pool = (
         None
         if pool is None
         else load_pool(pool, channels=c, image_size=(h, w), seed=seed, data_dir=data_dir)
     )
-    train_cfg = TrainConfig(epochs=epochs or 10, batch_size=128, lr=1e-3)
-    if guardian is None:
+    detector = None
+    if guardian is not None:
+        from stealproof.detectors.guardian import GuardianDetector
+
+        detector = GuardianDetector.load(guardian, map_location=dev, victim=model)
+    log_images = sample_pool(query_sample, model, seed, data_dir)
+    d = build_defense(defense, parse_params(param), model, ds.train.images, models_dir, log_images)
+    train_cfg = scenario_for(dataset).clone_training
+    if epochs is not None:
+        train_cfg = train_cfg.model_copy(update={"epochs": epochs, "min_steps": None})
+    if detector is None:
         box = BlackBox(model, d, budget=budget, output=output)  # type: ignore[arg-type]
     else:
-        from stealproof.detectors.guardian import GuardianDetector
         from stealproof.policy import DetectionPolicy
 
-        detector = GuardianDetector.load(guardian, map_location=device)
         guard = DetectionPolicy([detector], defense=d, max_flagged=max_flagged or None)
         box = BlackBox(
             model,
@@ -434,9 +524,6 @@ def attack(
     thief_box: BlackBoxLike = box
     if average > 1:
         thief_box = AveragingBlackBox(box, copies=average, seed=seed)
-    thief_budget = budget // average
-    if thief_budget < 1:
-        raise ValueError(f"--average: {average} copies per row leave no row of --budget {budget}")
     make_clone = clone_factory_like(model, clone_model)
     if jacobian:
         jb = create_jacobian_attack(
@@ -452,7 +539,7 @@ def attack(
                 thief_budget,
                 make_clone,
                 eval_data=(ds.test.images, ds.test.labels),
-                device=device,
+                device=dev,
                 progress=p,
             )
     elif data_free:
@@ -463,28 +550,24 @@ def attack(
                 thief_budget,
                 make_clone,
                 eval_data=(ds.test.images, ds.test.labels),
-                device=device,
+                device=dev,
                 progress=p,
             )
     else:
         assert thief_pool is not None
-        try:
-            knockoff = KnockoffNets(
-                policy=policy, label_only=label_only, seed=seed, train=train_cfg
-            )
-        except ValidationError as e:
-            raise ValueError(f"--policy: {e.errors()[0]['msg']}") from None
+        knockoff = KnockoffNets(policy=policy, label_only=label_only, seed=seed, train=train_cfg)
         with progress_bar(quiet or as_json) as p:
             result = knockoff.run(
-                thief_box, thief_pool, thief_budget, make_clone, device=device, progress=p
+                thief_box, thief_pool, thief_budget, make_clone, device=dev, progress=p
             )
     cost = defense_cost(model, d, ds.test.images, ds.test.labels)
     attack_name = name if jacobian or data_free else "knockoff-labels" if label_only else "knockoff"
-    row = {
+    row: dict[str, Any] = {
         "attack": attack_name,
         "policy": None if jacobian or data_free else policy,
         "label_only": label_only,
         "average": average,
+        "dataset": dataset,
         "defense": defense,
         "params": d.params,
         "budget": budget,
@@ -497,21 +580,26 @@ def attack(
         "kl_mean": box.meter().mean_kl,
         "clone_acc": metrics.clone_accuracy(result.clone, ds.test.images, ds.test.labels),
         "clone_fidelity": metrics.clone_fidelity(result.clone, model, ds.test.images),
+        "clone_training": train_cfg.model_dump(mode="json"),
+        "stopped": getattr(result, "stopped", None),
+        "blocked_at": getattr(result, "blocked_at", None),
         "seed": seed,
     }
+    if not data_free:
+        row["clone_steps"] = describe_training(train_cfg, max(1, result.queries_used))
     if guardian is not None:
         status = box.policy_status()
         row["guardian"] = str(guardian)
         row["flagged_rows"] = box.flagged_rows
-        row["blocked_at"] = None if status is None else status.blocked_at
-        row["stopped"] = getattr(result, "stopped", None)
+        if row["blocked_at"] is None and status is not None:
+            row["blocked_at"] = status.blocked_at
     if jacobian or data_free:
         row["trace"] = [[t.queries, t.clone_acc] for t in result.trace]
+    text = dumps_strict(row, indent=2)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(json.dumps(row, indent=2) + "\n")
+        write_text_atomic(out / "result.json", text + "\n")
     if as_json:
-        print(json.dumps(row))
+        print(dumps_strict(row))
     elif not quiet:
         source = "a generator" if data_free else pool
         table = Table(title=f"{row['attack']} vs {defense} ({budget} queries from {source})")
@@ -524,6 +612,26 @@ def attack(
             f"{100 * row['clone_fidelity']:.1f}%",
         )
         console.print(table)
+        if row["stopped"] == "blocked" or row.get("blocked_at") is not None:
+            console.print(
+                f"the thief was blocked after {row['blocked_at']} rows "
+                f"({row.get('flagged_rows', 0)} flagged); the clone was trained on what it had"
+            )
+        if "clone_steps" in row:
+            console.print(f"clone training: {row['clone_steps']}", highlight=False)
+
+
+def resolve_dataset(dataset: str | None, meta: dict[str, Any], victim: Path) -> str:
+    """The dataset to score on: ``--dataset`` or the checkpoint's; refuse a mismatch."""
+    trained_on = meta.get("dataset") if isinstance(meta, dict) else None
+    if dataset is None:
+        return str(trained_on) if trained_on else "mnist5k"
+    if trained_on and dataset != trained_on:
+        raise ConfigError(
+            f"--dataset: the victim {victim} was trained on {trained_on!r}, not {dataset!r}; "
+            f"omit --dataset to use {trained_on!r}"
+        )
+    return dataset
 
 
 QUERY_SAMPLE_SIZE = 2000
@@ -541,6 +649,19 @@ def sample_pool(pool: str | None, victim: Any, seed: int, data_dir: Path | None)
     return images
 
 
+MANIFEST = "defense.json"
+
+
+def _defense_stamp(cls: Any, params: dict[str, Any], victim: Any) -> dict[str, Any]:
+    """The stamp of a defense's saved models: victim, defense name and the params that built
+    them (``prepare_params``; the other knobs may change at load time)."""
+    from stealproof.fingerprint import make_stamp
+
+    fields = cls.prepare_params
+    built_by = {k: v for k, v in sorted(params.items()) if fields is None or k in fields}
+    return make_stamp(victim, {"defense": cls.name, "prepare": built_by})
+
+
 def build_defense(
     name: str,
     params: dict[str, Any],
@@ -549,8 +670,15 @@ def build_defense(
     models_dir: Path | None,
     query_sample: Any = None,
 ) -> Any:
-    """A defense from saved models when ``models_dir`` is given, else ``prepare()``-d afresh."""
+    """A defense from saved models when ``models_dir`` is given, else ``prepare()``-d afresh.
+
+    Saved models are used only when the directory's manifest says they were made for this
+    defense, this victim (fingerprint), the same model-building parameters and this package
+    version; files the manifest does not name are ignored.
+    """
     from stealproof import defenses
+    from stealproof.errors import ArtifactMismatchError, DataFileError
+    from stealproof.fingerprint import check_stamp
     from stealproof.models import load_checkpoint
     from stealproof.surrogate import freeze
 
@@ -558,17 +686,37 @@ def build_defense(
     if models_dir is None:
         return cls.prepare(victim, images, query_sample=query_sample, **params)
     if not models_dir.is_dir():
-        raise FileNotFoundError(f"--models: {models_dir} is not a directory")
-    manifest = models_dir / "defense.json"
-    if manifest.is_file():
+        raise DataFileError(f"--models: {models_dir} is not a directory")
+    manifest = models_dir / MANIFEST
+    if not manifest.is_file():
+        raise DataFileError(
+            f"--models: {models_dir} has no {MANIFEST}; create the directory with "
+            f"`stealproof prepare-defense --defense {name} --out {models_dir}`"
+        )
+    try:
         saved = json.loads(manifest.read_text())
-        if saved.get("defense") != name:
-            raise ValueError(
-                f"--models: {models_dir} holds models for {saved.get('defense')!r}, not {name!r}"
-            )
-        params = {**saved.get("params", {}), **params}
-    loaded = {p.stem: freeze(load_checkpoint(p)[0]) for p in sorted(models_dir.glob("*.pt"))}
-    return cls(**params, **loaded)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFileError(f"--models: {manifest} is not valid JSON ({e})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("models", {}), dict):
+        raise DataFileError(f"--models: {manifest} is not a defense manifest")
+    if saved.get("defense") != name:
+        raise ArtifactMismatchError(
+            f"--models: {models_dir} holds models for {saved.get('defense')!r}, not {name!r}"
+        )
+    merged = cls.make_config(**{**saved.get("params", {}), **params}).model_dump(mode="json")
+    check_stamp(
+        saved.get("stamp"),
+        _defense_stamp(cls, merged, victim),
+        f"--models: {models_dir}",
+        hint=f"re-create it with `stealproof prepare-defense --defense {name}`",
+    )
+    loaded = {}
+    for role, file in saved.get("models", {}).items():
+        path = models_dir / str(file)
+        if path.parent != models_dir:
+            raise DataFileError(f"--models: {manifest} names a file outside the directory")
+        loaded[role] = freeze(load_checkpoint(path)[0])
+    return cls(**{**saved.get("params", {}), **params}, **loaded)
 
 
 @app.command("prepare-defense")
@@ -578,12 +726,17 @@ def prepare_defense_cmd(
     defense: Annotated[str, typer.Option("--defense", help="See `stealproof list defenses`.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the defense's models.")],
     dataset: Annotated[
-        str, typer.Option("--dataset", help="Defender data the models are trained on.")
-    ] = "mnist5k",
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Defender data the models are trained on (default: the victim's dataset).",
+        ),
+    ] = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Defense parameter KEY=VALUE.")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    split_test: SplitTestOpt = None,
     query_sample: Annotated[
         str | None,
         typer.Option(
@@ -597,25 +750,40 @@ def prepare_defense_cmd(
 ) -> None:
     """Build and save the models a defense needs (surrogates, misinformation model, ...)."""
     from stealproof import defenses
+    from stealproof._io import check_output_dir, write_text_atomic
     from stealproof.data import load_dataset
     from stealproof.models import load_checkpoint, save_checkpoint
 
-    _setup(threads, quiet)
-    model, _ = load_checkpoint(victim)
-    ds = load_dataset(dataset, data_dir)
+    check_output_dir(out)
     cls = defenses.get_defense_class(defense)
+    params = parse_params(param)
+    cls.make_config(**params)  # a bad parameter fails before any work
+    _setup(threads, quiet)
+    model, meta = load_checkpoint(victim)
+    dataset = resolve_dataset(dataset, meta, victim)
+    ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test))
+    check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
     log_images = sample_pool(query_sample, model, seed, data_dir)
-    d = cls.prepare(model, ds.train.images, query_sample=log_images, **parse_params(param))
-    out.mkdir(parents=True, exist_ok=True)
-    saved = []
+    d = cls.prepare(model, ds.train.images, query_sample=log_images, **params)
+    saved: dict[str, str] = {}
     for key, value in d.models().items():
         if value is None:
             continue
         if not isinstance(value, torch.nn.Module):
-            raise ValueError(f"{defense}: model {key!r} is not an nn.Module and cannot be saved")
+            raise ConfigError(f"{defense}: model {key!r} is not an nn.Module and cannot be saved")
         save_checkpoint(value, out / f"{key}.pt", {"defense": defense, "role": key})  # type: ignore[arg-type]
-        saved.append(key)
-    (out / "defense.json").write_text(json.dumps({"defense": defense, "params": d.params}) + "\n")
+        saved[key] = f"{key}.pt"
+    manifest = {
+        "defense": defense,
+        "params": d.params,
+        "models": saved,
+        "stamp": _defense_stamp(cls, d.params, model),
+        "victim": str(victim),
+        "dataset": dataset,
+        "query_sample": query_sample,
+        "seed": seed,
+    }
+    write_text_atomic(out / MANIFEST, dumps_strict(manifest, indent=2) + "\n")
     if not quiet:
         console.print(f"{defense}: saved {', '.join(saved) or 'no models'} to {out}")
 
@@ -629,8 +797,12 @@ def surrogate(
         str, typer.Option("--kind", help="random (MAD) or distilled (GRAD²).")
     ] = "distilled",
     dataset: Annotated[
-        str, typer.Option("--dataset", help="Defender data (used when no --pool is given).")
-    ] = "mnist5k",
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Defender data (used when no --pool is given; default: the victim's dataset).",
+        ),
+    ] = None,
     pool: Annotated[
         str | None,
         typer.Option("--pool", help="Distil on this query distribution instead of --dataset."),
@@ -646,22 +818,34 @@ def surrogate(
     quiet: QuietOpt = False,
 ) -> None:
     """Build a surrogate of the thief: random init (MAD) or distilled, stopped early (GRAD²)."""
+    from stealproof._io import check_output_file
     from stealproof.data import load_dataset, load_pool
     from stealproof.models import load_checkpoint
     from stealproof.surrogate import distill_surrogate, random_surrogate, save_surrogate
 
+    check_output_file(out)
+    if kind not in ("random", "distilled"):
+        raise ConfigError(f"--kind: expected random or distilled, got {kind!r}")
+    if epochs > schedule_epochs:
+        raise ConfigError(
+            f"--epochs: {epochs} is more than --schedule-epochs {schedule_epochs}; the surrogate "
+            "stops early within its schedule"
+        )
     _setup(threads, quiet)
-    model, _ = load_checkpoint(victim)
+    model, meta = load_checkpoint(victim)
     if kind == "random":
         sur = random_surrogate(model, seed=seed)
-        meta: dict[str, Any] = {"kind": "random", "seed": seed}
-    elif kind == "distilled":
+        info: dict[str, Any] = {"kind": "random", "seed": seed}
+    else:
         if pool is not None:
             c, h, w = model.input_shape
             p = load_pool(pool, channels=c, image_size=(h, w), seed=seed, data_dir=data_dir)
             images, _ = p.draw(size, torch.Generator().manual_seed(seed))
         else:
-            images = load_dataset(dataset, data_dir).train.images
+            dataset = resolve_dataset(dataset, meta, victim)
+            ds = load_dataset(dataset, data_dir)
+            check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
+            images = ds.train.images
         with progress_bar(quiet) as bar:
             sur = distill_surrogate(
                 model,
@@ -671,18 +855,83 @@ def surrogate(
                 seed=seed,
                 progress=bar,
             )
-        meta = {
+        info = {
             "kind": "distilled",
             "data": pool or dataset,
             "epochs": epochs,
             "schedule_epochs": schedule_epochs,
             "seed": seed,
         }
-    else:
-        raise ValueError(f"--kind: expected random or distilled, got {kind!r}")
-    path = save_surrogate(sur, out, meta)
+    from stealproof.fingerprint import model_fingerprint
+
+    info["victim_fingerprint"] = model_fingerprint(model)
+    path = save_surrogate(sur, out, info)
     if not quiet:
         console.print(f"{kind} surrogate → {path}")
+
+
+def attack_configs() -> dict[str, type[Any]]:
+    """Each attack's config class (its parameters), by the name ``--attack`` takes."""
+    from stealproof.attacks import (
+        DaSTConfig,
+        DFMEConfig,
+        JBDAConfig,
+        JBTop3Config,
+        KnockoffConfig,
+        MAZEConfig,
+    )
+
+    return {
+        "knockoff": KnockoffConfig,
+        "knockoff-labels": KnockoffConfig,
+        "jbda": JBDAConfig,
+        "jb-self": JBDAConfig,
+        "jb-top3": JBTop3Config,
+        "dfme": DFMEConfig,
+        "maze": MAZEConfig,
+        "dast": DaSTConfig,
+    }
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _catalogue() -> dict[str, dict[str, tuple[str, type[Any] | None]]]:
+    """Every listable thing: section → name → (one-line description, config class or None)."""
+    from stealproof import defenses, detectors
+    from stealproof.attacks import ATTACKS
+    from stealproof.data import available_datasets, available_pools
+    from stealproof.models import available_models
+
+    configs = attack_configs()
+    return {
+        "datasets": {n: (d, None) for n, d in available_datasets().items()},
+        "pools": {n: (d, None) for n, d in available_pools().items()},
+        "models": {m: ("", None) for m in available_models()},
+        "defenses": {
+            n: (
+                _first_line(defenses.get_defense_class(n).__doc__),
+                defenses.get_defense_class(n).Config,
+            )
+            for n in defenses.available()
+        },
+        "attacks": {n: (d, configs.get(n)) for n, d in ATTACKS.items()},
+        "detectors": {n: (d, c) for n, (d, c) in detectors.available().items()},
+    }
+
+
+def _param_rows(config: type[Any]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of each field of a pydantic config class."""
+    from stealproof._names import describe_fields
+
+    rows = []
+    for (name, f), text in zip(config.model_fields.items(), describe_fields(config), strict=True):
+        kind = text.split(": ", 1)[1].split(" = ", 1)[0]
+        default = text.split(" = ", 1)[1] if " = " in text else "required"
+        rows.append((name, kind, default, f.description or ""))
+    return rows
 
 
 @app.command("list")
@@ -690,42 +939,89 @@ def surrogate(
 def list_cmd(
     what: Annotated[
         str | None,
-        typer.Argument(help="datasets, pools, models, defenses or attacks (default: all)."),
+        typer.Argument(
+            help="datasets, pools, models, defenses, attacks or detectors (default: all)."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="One defense, attack or detector: show its parameters in full."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List what is available: datasets, pools, models, defenses, attacks."""
-    from stealproof import defenses
-    from stealproof.attacks import ATTACKS
-    from stealproof.data import available_datasets, available_pools
-    from stealproof.models import available_models
+    """List what is available, with each defense's, attack's and detector's parameters."""
+    from rich.markup import escape
 
-    def defense_doc(n: str) -> str:
-        cls = defenses.get_defense_class(n)
-        doc = (cls.__doc__ or "").strip().splitlines()
-        fields = ", ".join(cls.Config.model_fields)
-        return (doc[0] if doc else "") + (f" [params: {fields}]" if fields else "")
+    from stealproof._names import describe_fields, unknown_name_message
 
-    sections: dict[str, dict[str, str]] = {
-        "datasets": available_datasets(),
-        "pools": available_pools(),
-        "models": {m: "" for m in available_models()},
-        "defenses": {n: defense_doc(n) for n in defenses.available()},
-        "attacks": dict(ATTACKS),
-    }
+    sections = _catalogue()
     if what is not None and what not in sections:
-        raise ValueError(f"list: expected one of {', '.join(sections)}, got {what!r}")
+        raise ConfigError(f"list: expected one of {', '.join(sections)}, got {what!r}")
+    if name is not None:
+        assert what is not None
+        entries = sections[what]
+        if name not in entries:
+            kind = what[:-1]
+            raise ConfigError(f"list {what}: {unknown_name_message(kind, name, list(entries))}")
+        desc, config = entries[name]
+        rows = _param_rows(config) if config is not None else []
+        if as_json:
+            print(
+                dumps_strict(
+                    {
+                        "name": name,
+                        "description": desc,
+                        "params": [
+                            {"name": n, "type": t, "default": d, "description": x}
+                            for n, t, d, x in rows
+                        ],
+                    },
+                    indent=2,
+                )
+            )
+            return
+        table = Table(title=f"{what[:-1]} {name}: {escape(desc)}", title_justify="left")
+        for col in ("parameter", "type", "default", "description"):
+            table.add_column(col)
+        for n, t, d, x in rows:
+            table.add_row(escape(n), escape(t), escape(d), escape(x))
+        console.print(table if rows else f"{what[:-1]} {name}: {escape(desc)} (no parameters)")
+        return
     chosen = {what: sections[what]} if what else sections
     if as_json:
-        print(json.dumps({k: sorted(v) for k, v in chosen.items()}, indent=2))
+        print(
+            dumps_strict(
+                {
+                    k: {
+                        n: {
+                            "description": d,
+                            "params": describe_fields(c) if c is not None else [],
+                        }
+                        for n, (d, c) in v.items()
+                    }
+                    for k, v in chosen.items()
+                },
+                indent=2,
+            )
+        )
         return
     for section, entries in chosen.items():
         table = Table(title=section, show_header=False, title_justify="left")
         table.add_column("name", style="bold")
         table.add_column("description")
-        for n, desc in entries.items():
-            table.add_row(n, desc)
+        with_params = any(c is not None for _, c in entries.values())
+        if with_params:
+            table.add_column("parameters (name: type = default)")
+        for n, (desc, config) in entries.items():
+            cells = [escape(n), escape(desc)]
+            if with_params:
+                cells.append(escape(", ".join(describe_fields(config))) if config else "")
+            table.add_row(*cells)
         console.print(table)
+    console.print(
+        "`stealproof list defenses NAME` (or attacks / detectors) shows one entry's parameters",
+        highlight=False,
+    )
 
 
 from stealproof.bench.cli import bench_app  # noqa: E402

@@ -79,12 +79,12 @@ def run_demo(
     scenario = SCENARIOS["digits" if quick else "mnist5k"]
     ds = load_dataset(scenario.dataset)
     c, h, w = ds.input_shape
+    pool_name = pool or scenario.pool
+    thief_pool = load_pool(pool_name, channels=c, image_size=(h, w), seed=seed)  # fails early
     victim, victim_acc = train_victim(
         ds, scenario.model, scenario.victim_training, seed=seed, device=device, progress=progress
     )
     log.info("victim %s on %s: test accuracy %.4f", scenario.model, ds.name, victim_acc)
-    pool_name = pool or scenario.pool
-    thief_pool = load_pool(pool_name, channels=c, image_size=(h, w), seed=seed)
     make_clone = clone_factory_like(victim)
     attack = KnockoffNets(policy="random", seed=seed, train=scenario.clone_training)
     cache = CloneCache()
@@ -137,21 +137,26 @@ def run_demo(
 
 
 def write_demo_outputs(report: DemoReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.json`` (the rows) and ``tradeoff.png``; return both paths."""
+    """Write ``results.json`` (the rows) and ``tradeoff.png`` (each through a rename)."""
+    from stealproof._io import write_atomic, write_text_atomic
     from stealproof.plots import tradeoff_scatter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.json"
-    results.write_text(json.dumps([asdict(r) for r in report.rows], indent=2) + "\n")
-    png = out / "tradeoff.png"
-    tradeoff_scatter(
-        [r.defense for r in report.rows],
-        [r.defender_acc for r in report.rows],
-        [r.clone_acc for r in report.rows],
-        [r.label_only_clone_acc for r in report.rows],
-        victim_acc=report.victim_acc,
-        title=(f"KnockoffNets on {report.scenario}: {report.budget} queries from {report.pool}"),
-        path=png,
+    rows = [asdict(r) for r in report.rows]
+    results = write_text_atomic(
+        out / "results.json", json.dumps(rows, indent=2, allow_nan=False) + "\n"
+    )
+    png = write_atomic(
+        out / "tradeoff.png",
+        lambda tmp: tradeoff_scatter(
+            [r.defense for r in report.rows],
+            [r.defender_acc for r in report.rows],
+            [r.clone_acc for r in report.rows],
+            [r.label_only_clone_acc for r in report.rows],
+            victim_acc=report.victim_acc,
+            title=f"KnockoffNets on {report.scenario}: {report.budget} queries from {report.pool}",
+            path=tmp,
+        ),
     )
     return results, png

@@ -37,6 +37,12 @@ class TrainConfig(BaseModel):
     stop_after: int | None = Field(
         None, ge=1, description="stop after this many epochs (early stop within the schedule)"
     )
+    min_steps: int | None = Field(
+        None,
+        ge=1,
+        description="train at least this many optimizer steps: epochs grow for small training "
+        "sets, so a small query budget is not also a few hundred steps of training",
+    )
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = Field(1e-3, gt=0)
@@ -50,6 +56,22 @@ class TrainConfig(BaseModel):
     )
     augment: bool = Field(False, description="random affine augmentation of training batches")
     seed: int = 0
+
+
+def effective_epochs(config: TrainConfig, rows: int) -> int:
+    """Epochs the schedule spans for ``rows`` training rows: ``epochs``, or more to reach
+    ``min_steps`` optimizer steps."""
+    if config.min_steps is None or rows <= 0:
+        return config.epochs
+    steps = -(-rows // config.batch_size)
+    return max(config.epochs, -(-config.min_steps // steps))
+
+
+def describe_training(config: TrainConfig, rows: int) -> str:
+    """``"E epochs × S steps (batch B)"``: what training on ``rows`` rows will do."""
+    steps = -(-rows // config.batch_size)
+    epochs = min(effective_epochs(config, rows), config.stop_after or 10**9)
+    return f"{epochs} epochs × {steps} steps (batch {config.batch_size}, {epochs * steps} steps)"
 
 
 @dataclass
@@ -123,6 +145,11 @@ def train_model(
     """Train ``model`` in place on (x, targets); keep the weights of the best validation epoch."""
     cfg = config or TrainConfig()
     x = check_images(x, "x")
+    if cfg.min_steps is not None:
+        rows = x.shape[0] - (
+            max(1, round(cfg.val_fraction * x.shape[0])) if val is None and cfg.val_fraction else 0
+        )
+        cfg = cfg.model_copy(update={"epochs": effective_epochs(cfg, rows), "min_steps": None})
     targets = _check_targets(targets, x.shape[0], "targets")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     g = torch.Generator().manual_seed(cfg.seed)
