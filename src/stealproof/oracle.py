@@ -7,6 +7,7 @@ over HTTP against the gateway go through this same interface.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from stealproof._validate import check_images
 from stealproof.defenses.base import Defense, normalize_rows, one_hot_argmax
 from stealproof.defenses.identity import NoDefense
+from stealproof.defenses.registry import resolve_defense
 from stealproof.defenses.topk import topk_mask
 from stealproof.errors import BudgetExhaustedError, InputValidationError
 from stealproof.metrics import kl_divergence, l1_distance
@@ -26,16 +28,33 @@ if TYPE_CHECKING:
 OutputMode = Literal["probs", "topk", "label"]
 
 
+def input_dtype(model: nn.Module | None) -> torch.dtype:
+    """The floating dtype ``model`` computes in: its first floating parameter's (float32 if none).
+
+    Every stealproof model is float32; floating inputs of another precision are cast to this
+    dtype before they reach the model, so a float64 or float16 batch is answered, not refused.
+    """
+    if model is not None:
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32
+
+
 @torch.no_grad()
 def victim_posteriors(victim: nn.Module, x: Tensor, batch_size: int = 512) -> tuple[Tensor, Tensor]:
-    """Clean (posteriors, logits) of ``victim`` on ``x``, in eval mode, batched."""
+    """Clean (posteriors, logits) of ``victim`` on ``x``, in eval mode, batched.
+
+    Floating ``x`` of any precision is cast to the victim's dtype (:func:`input_dtype`).
+    """
     was_training = victim.training
     victim.eval()
     try:
         dev = next(victim.parameters()).device
+        dtype = input_dtype(victim)
         logits = torch.cat(
             [
-                victim(x[i : i + batch_size].to(dev)).float()
+                victim(x[i : i + batch_size].to(dev, dtype)).float()
                 for i in range(0, x.shape[0], batch_size)
             ]
         )
@@ -64,16 +83,32 @@ def defended_posteriors(
     output: OutputMode = "probs",
     top_k: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """(released, clean) posteriors for ``x`` without any metering (the defender's own view)."""
+    """(released, clean) posteriors for ``x`` without any metering (the defender's own view).
+
+    Floating ``x`` is cast to the victim's dtype first (:func:`input_dtype`), for the victim
+    and for the defense's own models alike.
+    """
     y, logits = victim_posteriors(victim, x, batch_size)
     d = defense if defense is not None else NoDefense()
     parts = []
     dev = y.device
+    dtype = input_dtype(victim)
     for i in range(0, x.shape[0], batch_size):
         sl = slice(i, i + batch_size)
-        parts.append(d(x[sl].to(dev), y[sl], logits[sl]))
+        parts.append(d(x[sl].to(dev, dtype), y[sl], logits[sl]))
     released = apply_output_mode(torch.cat(parts), output, top_k)
     return released, y
+
+
+def _count(value: object, name: str, low: int, expected: str) -> int:
+    """``value`` as an ``int`` ≥ ``low``; bools, floats and strings are refused by name."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputValidationError(
+            f"{name}: expected {expected}, got {type(value).__name__} {value!r}"
+        )
+    if value < low:
+        raise InputValidationError(f"{name}: expected {expected}, got {value}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -93,8 +128,14 @@ class BlackBox:
     Parameters
     ----------
     victim: a pixel-space classifier returning logits.
-    defense: applied to every answer (``None`` = undefended).
-    budget: maximum rows this black box answers; ``None`` = unlimited.
+    defense: applied to every answer: a :class:`~stealproof.defenses.base.Defense`, the name of
+        a registered defense (built with its default parameters; defenses that need models,
+        such as ``mad``, must be built with their ``prepare`` and passed as objects), or
+        ``None`` (undefended).
+    budget: maximum rows this black box answers (an ``int`` ≥ 0); ``None`` = unlimited.
+    batch_size: rows the victim and the defense see at once (an ``int`` ≥ 1); it changes
+        speed and memory, never the answers.
+    client_id: the client this box answers for (a non-empty string).
     output: ``"probs"`` (released posteriors), ``"topk"`` (top ``top_k`` kept, renormalised)
         or ``"label"`` (one-hot of the released argmax).
     policy: a :class:`~stealproof.policy.DetectionPolicy` that decides every answer for this
@@ -106,7 +147,7 @@ class BlackBox:
     def __init__(
         self,
         victim: nn.Module,
-        defense: Defense | None = None,
+        defense: Defense | str | None = None,
         *,
         budget: int | None = None,
         output: OutputMode = "probs",
@@ -115,12 +156,19 @@ class BlackBox:
         batch_size: int = 512,
         policy: DetectionPolicy | None = None,
     ) -> None:
-        if budget is not None and budget < 0:
-            raise InputValidationError(f"budget: expected a non-negative row count, got {budget}")
-        if output not in ("probs", "topk", "label"):
+        if not isinstance(victim, nn.Module):
+            raise InputValidationError(
+                f"victim: expected a torch.nn.Module, got {type(victim).__name__}"
+            )
+        if budget is not None:
+            budget = _count(budget, "budget", 0, "a non-negative row count (or None: unlimited)")
+        top_k = _count(top_k, "top_k", 1, "an int ≥ 1")
+        batch_size = _count(batch_size, "batch_size", 1, "an int ≥ 1")
+        if not isinstance(output, str) or output not in ("probs", "topk", "label"):
             raise InputValidationError(f"output: expected probs, topk or label, got {output!r}")
-        if top_k < 1:
-            raise InputValidationError(f"top_k: expected ≥ 1, got {top_k}")
+        if not isinstance(client_id, str) or not client_id:
+            raise InputValidationError(f"client_id: expected a non-empty string, got {client_id!r}")
+        resolved = resolve_defense(defense, "defense")
         if policy is not None:
             from stealproof.policy import DetectionPolicy
 
@@ -128,14 +176,14 @@ class BlackBox:
                 raise InputValidationError(
                     f"policy: expected a DetectionPolicy, got {type(policy).__name__}"
                 )
-            if defense is not None:
+            if resolved is not None:
                 raise InputValidationError(
                     "policy: a policy carries its own defense; pass "
                     "DetectionPolicy(..., defense=...) instead of both defense and policy"
                 )
         self.victim = victim.eval()
-        self.defense = defense
-        self.budget = budget
+        self.defense: Defense | None = resolved
+        self.budget: int | None = budget
         self.output: OutputMode = output
         self.top_k = top_k
         self.client_id = client_id
@@ -183,8 +231,14 @@ class BlackBox:
         batch does not fit in the budget left, and with a policy
         :class:`~stealproof.errors.ClientBlockedError` before answering when the client is
         blocked (nothing is charged then). The batch that gets a client blocked is answered.
+
+        ``x`` must be a floating-point tensor; float64 / float16 / bfloat16 batches are cast to
+        the victim's dtype (float32 for stealproof models). Integer or bool tensors (e.g. raw
+        uint8 pixels) are refused with :class:`~stealproof.errors.InputValidationError`:
+        scale them to [0, 1] first.
         """
         x = check_images(x, "x", shape=self.input_shape)
+        x = x.to(dtype=input_dtype(self.victim))
         n = int(x.shape[0])
         if self.policy is not None:
             self.policy.ensure_allowed(self.client_id)

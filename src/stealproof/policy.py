@@ -41,6 +41,7 @@ from stealproof._validate import check_images, check_logits, check_posteriors
 from stealproof.defenses.base import Defense, format_validation_error
 from stealproof.defenses.deceptive import Deceptive
 from stealproof.defenses.identity import NoDefense
+from stealproof.defenses.registry import resolve_defense
 from stealproof.detectors.base import Detector
 from stealproof.errors import ClientBlockedError, InputValidationError
 
@@ -50,7 +51,7 @@ STATE_VERSION = 1
 class PolicyConfig(BaseModel):
     """Termination rules of a :class:`DetectionPolicy` (``None`` disables a rule)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_flagged: int | None = Field(
         1000, ge=1, description="block a client after this many flagged rows"
@@ -120,21 +121,22 @@ class DetectionPolicy:
 
     Parameters
     ----------
-    detectors: the detectors, as a sequence (keyed by their ``name``, which must then be
-        unique) or a mapping ``{key: detector}``.
-    defense: the answer for unflagged rows (``None``: the clean posteriors).
-    deceptive: the answer for flagged rows (``None``: ``Deceptive()``, top-1 kept, soft
-        information replaced by keyed noise).
+    detectors: the detectors, as one detector, a sequence (keyed by their ``name``, which must
+        then be unique) or a mapping ``{key: detector}``.
+    defense: the answer for unflagged rows: a Defense, a registered defense name (built with
+        its defaults) or ``None`` (the clean posteriors).
+    deceptive: the answer for flagged rows, given the same ways (``None``: ``Deceptive()``,
+        top-1 kept, soft information replaced by keyed noise).
     config: a :class:`PolicyConfig`, or its fields as keywords (``max_flagged``, ``window``,
         ``ratio``).
     """
 
     def __init__(
         self,
-        detectors: Sequence[Detector] | Mapping[str, Detector],
+        detectors: Detector | Sequence[Detector] | Mapping[str, Detector],
         *,
-        defense: Defense | None = None,
-        deceptive: Defense | None = None,
+        defense: Defense | str | None = None,
+        deceptive: Defense | str | None = None,
         config: PolicyConfig | None = None,
         **params: Any,
     ) -> None:
@@ -144,32 +146,51 @@ class DetectionPolicy:
             try:
                 config = PolicyConfig(**params)
             except ValidationError as e:
-                raise InputValidationError(format_validation_error("policy", e)) from None
+                raise InputValidationError(
+                    format_validation_error("policy", e, PolicyConfig)
+                ) from None
+        elif not isinstance(config, PolicyConfig):
+            raise InputValidationError(
+                f"config: expected a PolicyConfig, got {type(config).__name__}"
+            )
         self.config = config
-        if isinstance(detectors, Mapping):
-            named = dict(detectors)
+        given: object = [detectors] if isinstance(detectors, Detector) else detectors
+        named: dict[Any, object] = {}
+        if isinstance(given, Mapping):
+            named = dict(given)
+        elif isinstance(given, str | bytes) or not isinstance(given, Sequence):
+            raise InputValidationError(
+                "detectors: expected a Detector, a sequence of Detectors or a mapping "
+                f"{{key: Detector}}, got {type(given).__name__}"
+            )
         else:
-            named = {}
-            for d in detectors:
+            for d in given:
+                if not isinstance(d, Detector):
+                    raise InputValidationError(
+                        f"detectors: expected Detector objects, got a {type(d).__name__}"
+                    )
                 if d.name in named:
                     raise InputValidationError(
                         f"detectors: two detectors named {d.name!r}; pass a mapping "
                         "{key: detector} to tell them apart"
                     )
                 named[d.name] = d
+        checked: dict[str, Detector] = {}
         for key, d in named.items():
+            if not isinstance(key, str):
+                raise InputValidationError(
+                    f"detectors: keys must be strings, got {type(key).__name__} {key!r}"
+                )
             if not isinstance(d, Detector):
                 raise InputValidationError(
                     f"detectors: {key!r} is a {type(d).__name__}, not a Detector"
                 )
-        self.detectors: dict[str, Detector] = named
-        for label, answer in (("defense", defense), ("deceptive", deceptive)):
-            if answer is not None and not isinstance(answer, Defense):
-                raise InputValidationError(
-                    f"{label}: expected a Defense, got {type(answer).__name__}"
-                )
-        self.defense: Defense = defense if defense is not None else NoDefense()
-        self.deceptive: Defense = deceptive if deceptive is not None else Deceptive()
+            checked[key] = d
+        self.detectors: dict[str, Detector] = checked
+        normal = resolve_defense(defense, "defense")
+        flagged = resolve_defense(deceptive, "deceptive")
+        self.defense: Defense = normal if normal is not None else NoDefense()
+        self.deceptive: Defense = flagged if flagged is not None else Deceptive()
         self._clients: dict[str, _PolicyClient] = {}
 
     # ------------------------------------------------------------------ answering

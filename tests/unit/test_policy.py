@@ -12,6 +12,7 @@ from torch import Tensor
 
 from stealproof import defenses
 from stealproof.defenses.deceptive import Deceptive
+from stealproof.defenses.identity import NoDefense
 from stealproof.detectors import Detection, Detector, PradaDetector, dumps_state, loads_state
 from stealproof.errors import BudgetExhaustedError, ClientBlockedError, InputValidationError
 from stealproof.models import Classifier, create_model
@@ -86,12 +87,14 @@ def test_policy_config_defaults_and_validation() -> None:
         DetectionPolicy([BrightDetector()], max_flagged=0)
     with pytest.raises(InputValidationError, match="policy: ratio"):
         DetectionPolicy([BrightDetector()], window=10, ratio=1.5)
-    with pytest.raises(InputValidationError, match="policy: windw: Extra inputs"):
+    with pytest.raises(InputValidationError, match=r"policy: unknown parameter .windw. \(valid"):
         DetectionPolicy([BrightDetector()], windw=10)
     with pytest.raises(InputValidationError, match="two detectors named 'bright'"):
         DetectionPolicy([BrightDetector(), BrightDetector()])
     with pytest.raises(InputValidationError, match="defense: expected a Defense"):
-        DetectionPolicy([BrightDetector()], defense="none")  # type: ignore[arg-type]
+        DetectionPolicy([BrightDetector()], defense=3)  # type: ignore[arg-type]
+    # a registered name is built with its defaults
+    assert isinstance(DetectionPolicy([BrightDetector()], defense="none").defense, NoDefense)
     # a mapping gives two detectors of one kind their own keys
     p = DetectionPolicy({"a": BrightDetector(0.3), "b": BrightDetector(0.6)}, config=cfg)
     assert list(p.detectors) == ["a", "b"]
