@@ -66,35 +66,50 @@ def train_cmd(
     The defender's data is the victim's training split (fit / train / eval / calibration
     parts); the benign false-positive rate is measured on the test split, which no step uses.
     """
+    from pydantic import ValidationError
+
+    from stealproof._io import check_output_file
     from stealproof.cli import _setup, console, progress_bar
     from stealproof.data import load_dataset
-    from stealproof.detectors.guardian import GuardianDetector, benign_fpr, guardian_config
+    from stealproof.defenses.base import format_validation_error
+    from stealproof.detectors.guardian import (
+        GuardianConfig,
+        GuardianDetector,
+        benign_fpr,
+        guardian_config,
+        train_guardian,
+    )
+    from stealproof.errors import ConfigError, InputValidationError
     from stealproof.experiment import SCENARIOS, train_victim
     from stealproof.models import load_checkpoint
 
-    _setup(threads, quiet or as_json)
+    # every check a user can fail runs before any work: output, device, scenario, config
+    check_output_file(out, "--out")
+    dev = _setup(threads, quiet or as_json, device)
     if scenario not in SCENARIOS:
-        raise ValueError(f"--scenario: expected one of {sorted(SCENARIOS)}, got {scenario!r}")
+        raise ConfigError(f"--scenario: expected one of {sorted(SCENARIOS)}, got {scenario!r}")
     names = tuple(s.strip() for s in sources.split(",") if s.strip())
-    cfg = guardian_config(scenario, seed=seed, target_fpr=target_fpr, sources=names)
+    try:
+        cfg = guardian_config(scenario, seed=seed, target_fpr=target_fpr, sources=names)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error("guardian", e, GuardianConfig)) from None
     sc = SCENARIOS[scenario]
     ds = load_dataset(sc.dataset)
-    with progress_bar(quiet or as_json) as p:
-        if victim is not None:
-            model, _ = load_checkpoint(victim, map_location=device)
-            if tuple(model.input_shape) != tuple(ds.input_shape):
-                raise ValueError(
-                    f"--victim: expects {tuple(model.input_shape)} images, {scenario} has "
-                    f"{ds.input_shape}"
-                )
-        else:
-            model, _ = train_victim(
-                ds, sc.model, sc.victim_training, seed=seed, device=device, progress=p
+    model = None
+    if victim is not None:
+        model, _ = load_checkpoint(victim, map_location=dev)
+        if tuple(model.input_shape) != tuple(ds.input_shape):
+            raise InputValidationError(
+                f"--victim: {victim} expects {tuple(model.input_shape)} images, scenario "
+                f"{scenario} has {tuple(ds.input_shape)}"
             )
-        from stealproof.detectors.guardian import train_guardian
-
-        bundle, report = train_guardian(model, ds.train.images, cfg, device=device, progress=p)
-    fpr = benign_fpr(GuardianDetector(bundle), ds.test.images.to(device))
+    with progress_bar(quiet or as_json) as p:
+        if model is None:
+            model, _ = train_victim(
+                ds, sc.model, sc.victim_training, seed=seed, device=dev, progress=p
+            )
+        bundle, report = train_guardian(model, ds.train.images, cfg, device=dev, progress=p)
+    fpr = benign_fpr(GuardianDetector(bundle), ds.test.images.to(dev))
     bundle.meta["benign_fpr"] = fpr
     bundle.meta["benign_rows"] = int(ds.test.images.shape[0])
     bundle.meta["scenario"] = scenario

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from stealproof import _progress
 from stealproof._validate import check_images
 from stealproof.detectors.corruptions import KINDS, corrupt
-from stealproof.errors import InputValidationError
+from stealproof.errors import DataFileError, InputValidationError
 from stealproof.models.base import Normalize
 
 
@@ -122,7 +122,7 @@ class TransformNet(nn.Module):
 class TransformConfig(BaseModel):
     """Size and training of the transformation network (:func:`train_transformation_net`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     width: int = Field(32, ge=1, description="channels of the first conv layer")
     epochs: int = Field(80, ge=1, description="passes over the real images")
@@ -187,10 +187,24 @@ def transform_payload(net: TransformNet) -> dict[str, Any]:
     }
 
 
-def transform_from_payload(payload: dict[str, Any]) -> TransformNet:
-    """Inverse of :func:`transform_payload`; frozen, in eval mode."""
-    net = TransformNet.from_spec(json.loads(payload["spec_json"]))
-    net.load_state_dict(payload["state_dict"])
+def transform_from_payload(payload: object, where: str = "transform") -> TransformNet:
+    """Inverse of :func:`transform_payload`; frozen, in eval mode.
+
+    A payload whose keys, spec or weights do not fit raises
+    :class:`~stealproof.errors.DataFileError` naming ``where``.
+    """
+    from stealproof.models.checkpoint import load_state_checked
+
+    if not isinstance(payload, dict) or not isinstance(payload.get("spec_json"), str):
+        raise DataFileError(f"{where}: expected a dict with a spec_json string")
+    try:
+        spec = json.loads(payload["spec_json"])
+        net = TransformNet.from_spec(spec)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DataFileError(
+            f"{where}: spec_json: not a transformation-network spec ({type(e).__name__}: {e})"
+        ) from None
+    load_state_checked(net, payload.get("state_dict"), where)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

@@ -82,6 +82,7 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from stealproof import metrics
+from stealproof._io import write_atomic
 from stealproof._validate import check_images
 from stealproof.detectors.base import Detection, Detector
 from stealproof.detectors.corruptions import KINDS, corrupt
@@ -103,7 +104,9 @@ from stealproof.detectors.quantization import (
 )
 from stealproof.detectors.sources import SOURCE_NAMES, SourceName, dfme_queries
 from stealproof.errors import DataFileError, InputValidationError
+from stealproof.fingerprint import check_stamp, make_stamp, model_fingerprint
 from stealproof.models.base import Classifier
+from stealproof.models.checkpoint import model_from_payload
 from stealproof.models.registry import create_model
 from stealproof.surrogate import freeze
 from stealproof.train import TrainConfig, train_model
@@ -131,7 +134,7 @@ class GuardianConfig(BaseModel):
     the training configs.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     seed: int = 0
     sources: tuple[SourceName, ...] = Field(SOURCE_NAMES, description="synthetic sources")
@@ -328,9 +331,8 @@ def _model_payload(model: Classifier) -> dict[str, Any]:
     }
 
 
-def _model_from_payload(payload: dict[str, Any]) -> Classifier:
-    model = create_model(payload["model"], **json.loads(payload["kwargs_json"]))
-    model.load_state_dict(payload["state_dict"])
+def _model_from_payload(payload: object, where: str) -> Classifier:
+    model = model_from_payload(payload, where)
     freeze(model)
     return model
 
@@ -348,6 +350,32 @@ def _stored(v: Tensor | None) -> Tensor:
 def _optional(v: Tensor | None) -> Tensor | None:
     """A saved tensor, or ``None`` for an absent or empty one."""
     return None if v is None or v.numel() == 0 else v.float()
+
+
+def _meta(payload: dict[str, Any], p: Path) -> dict[str, Any]:
+    """The bundle's ``meta_json`` as a dict (a :class:`DataFileError` if it is not one)."""
+    text = payload["meta_json"]
+    try:
+        meta = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        raise DataFileError(f"{p}: meta_json: not a JSON string") from None
+    if not isinstance(meta, dict):
+        raise DataFileError(f"{p}: meta_json: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _saved_stamp(payload: dict[str, Any], p: Path) -> dict[str, Any] | None:
+    """The bundle's victim stamp, or ``None`` for a bundle saved without one (older versions)."""
+    text = payload.get("stamp_json")
+    if text is None:
+        return None
+    try:
+        stamp = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        raise DataFileError(f"{p}: stamp_json: not a JSON string") from None
+    if stamp is not None and not isinstance(stamp, dict):
+        raise DataFileError(f"{p}: stamp_json: expected a JSON object or null")
+    return stamp
 
 
 def _synthetic_logit(logits: Tensor) -> Tensor:
@@ -368,6 +396,8 @@ class GuardianBundle:
     (:data:`DetectorInput`). The ``"lof"`` scorer reads ``novelty_reference`` (real images,
     flattened, ``[R, C·H·W]``), their ``novelty_kdist`` (``[R]``) and ``novelty_neighbors``.
     ``meta`` holds the image shape, sources, target FPR, split sizes and the measured numbers.
+    ``stamp`` (:func:`stealproof.fingerprint.make_stamp`) binds the bundle to the victim it was
+    trained for; :meth:`load` with ``victim=`` refuses a bundle made for another one.
     """
 
     transform: TransformNet
@@ -382,6 +412,7 @@ class GuardianBundle:
     novelty_reference: Tensor | None = None
     novelty_kdist: Tensor | None = None
     novelty_neighbors: int = 0
+    stamp: dict[str, Any] | None = None
 
     @property
     def sources(self) -> list[str]:
@@ -500,9 +531,11 @@ class GuardianBundle:
         return self
 
     def save(self, path: str | Path) -> Path:
-        """Write the bundle to one file, loadable with ``torch.load(weights_only=True)``."""
+        """Write the bundle to one file, loadable with ``torch.load(weights_only=True)``.
+
+        The file is written under a temporary name in the same directory and renamed into place.
+        """
         p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -519,13 +552,26 @@ class GuardianBundle:
             "novelty_kdist": _stored(self.novelty_kdist),
             "novelty_neighbors": int(self.novelty_neighbors),
             "meta_json": json.dumps(self.meta),
+            "stamp_json": json.dumps(self.stamp),
         }
-        torch.save(payload, p)
-        return p
+        return write_atomic(p, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GuardianBundle:
-        """Read a bundle written by :meth:`save` (weights-only unpickling)."""
+    def load(
+        cls,
+        path: str | Path,
+        map_location: str | torch.device = "cpu",
+        *,
+        victim: nn.Module | str | None = None,
+    ) -> GuardianBundle:
+        """Read a bundle written by :meth:`save` (weights-only unpickling).
+
+        With ``victim`` (a model, or its :func:`~stealproof.fingerprint.model_fingerprint`),
+        a bundle trained for another victim — or an older bundle with no stamp — is refused
+        with :class:`~stealproof.errors.ArtifactMismatchError` naming both; without it the
+        bundle loads unchecked (for inspection). A file whose contents do not fit raises
+        :class:`~stealproof.errors.DataFileError`.
+        """
         p = Path(path)
         if not p.is_file():
             raise DataFileError(f"{p}: guardian bundle not found")
@@ -537,27 +583,69 @@ class GuardianBundle:
             raise DataFileError(f"{p}: not a guardian bundle (missing format={FORMAT!r})")
         if payload.get("version") not in READABLE_VERSIONS:
             raise DataFileError(f"{p}: unsupported bundle version {payload.get('version')!r}")
-        detectors = {
-            name: _model_from_payload(d)
-            for name, d in zip(payload["sources"], payload["detectors"], strict=True)
-        }
-        return cls(
-            transform=transform_from_payload(payload["transform"]),
-            detectors=detectors,
-            threshold=float(payload["threshold"]),
-            meta=json.loads(payload["meta_json"]),
-            detector_input=payload["detector_input"],
-            quantization_levels=int(payload["quantization_levels"]),
-            score_offset=payload["score_offset"].float(),
-            score_scale=payload["score_scale"].float(),
-            generic=tuple(payload.get("generic", ())),
-            novelty_reference=_optional(payload.get("novelty_reference")),
-            novelty_kdist=_optional(payload.get("novelty_kdist")),
-            novelty_neighbors=int(payload.get("novelty_neighbors", 0)),
-        )
+        stamp = _saved_stamp(payload, p)
+        if victim is not None:
+            expected = victim if isinstance(victim, str) else model_fingerprint(victim)
+            check_stamp(
+                stamp,
+                {"victim": expected},
+                f"guardian bundle {p}",
+                hint="retrain it for this victim with `stealproof guardian train --victim ...`",
+            )
+        try:
+            sources, dets = payload["sources"], payload["detectors"]
+            if not isinstance(sources, list) or not isinstance(dets, list):
+                raise TypeError("sources and detectors must be lists")
+            if len(sources) != len(dets):
+                raise ValueError(f"{len(sources)} sources but {len(dets)} detectors")
+            detectors = {
+                str(name): _model_from_payload(d, f"{p}: detector[{name}]")
+                for name, d in zip(sources, dets, strict=True)
+            }
+            bundle = cls(
+                transform=transform_from_payload(payload["transform"], f"{p}: transform"),
+                detectors=detectors,
+                threshold=float(payload["threshold"]),
+                meta=_meta(payload, p),
+                detector_input=payload["detector_input"],
+                quantization_levels=int(payload["quantization_levels"]),
+                score_offset=payload["score_offset"].float(),
+                score_scale=payload["score_scale"].float(),
+                generic=tuple(payload.get("generic", ())),
+                novelty_reference=_optional(payload.get("novelty_reference")),
+                novelty_kdist=_optional(payload.get("novelty_kdist")),
+                novelty_neighbors=int(payload.get("novelty_neighbors", 0)),
+                stamp=stamp,
+            )
+        except KeyError as e:
+            raise DataFileError(f"{p}: not a complete guardian bundle (missing {e})") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DataFileError(
+                f"{p}: malformed guardian bundle ({type(e).__name__}: {e})"
+            ) from None
+        n_cols = len(bundle.score_names)
+        for name in ("score_offset", "score_scale"):
+            v = getattr(bundle, name)
+            if v is None or v.shape != (n_cols,):
+                raise DataFileError(
+                    f"{p}: {name}: expected {n_cols} values (one per score column), got "
+                    f"{None if v is None else tuple(v.shape)}"
+                )
+        return bundle
 
 
 # ----------------------------------------------------------------------------- the detector
+
+
+class GuardianParams(BaseModel):
+    """What a trained Model-Guardian detector is built from (:meth:`GuardianDetector.load`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bundle: Path = Field(
+        description="bundle file written by `stealproof guardian train` for this victim"
+    )
+    batch_size: int = Field(256, ge=1, description="rows scored at once (speed/memory only)")
 
 
 class GuardianDetector(Detector):
@@ -572,9 +660,16 @@ class GuardianDetector(Detector):
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> GuardianDetector:
-        """A detector from a saved bundle."""
-        return cls(GuardianBundle.load(path, map_location))
+    def load(
+        cls,
+        path: str | Path,
+        map_location: str | torch.device = "cpu",
+        *,
+        victim: nn.Module | str | None = None,
+    ) -> GuardianDetector:
+        """A detector from a saved bundle; with ``victim``, refuse a bundle made for another
+        victim (see :meth:`GuardianBundle.load`)."""
+        return cls(GuardianBundle.load(path, map_location, victim=victim))
 
     @property
     def threshold(self) -> float:
@@ -712,6 +807,7 @@ def train_guardian(
     ``defender_images`` [N, C, H, W] in [0, 1] are the defender's own images (for the built-in
     scenarios: the victim's training split), split by :func:`split_defender_data`. The DFME
     source attacks ``victim`` (undefended) through a metered black box; nothing else uses it.
+    The bundle's ``stamp`` records the victim's fingerprint, so that it is refused for another.
     """
     cfg = config or GuardianConfig()
     x_all = check_images(defender_images, "defender_images")
@@ -722,11 +818,13 @@ def train_guardian(
             f"defender_images: images are {shape}, the victim expects {tuple(vshape)}"
         )
     splits = split_defender_data(x_all.shape[0], cfg)
+    stamp = make_stamp(victim, cfg.model_dump(mode="json"))
     t0 = time.perf_counter()
     samples = draw_sources(victim, x_all[splits.fit], cfg, device=device, progress=progress)
     bundle, report = fit_guardian(x_all, splits, samples, cfg, device=device, progress=progress)
     report.seconds["total"] = time.perf_counter() - t0
     bundle.meta["report"] = asdict(report)
+    bundle.stamp = stamp
     return bundle, report
 
 
