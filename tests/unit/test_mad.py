@@ -31,7 +31,7 @@ from stealproof import defenses
 from stealproof.defenses import gram as G
 from stealproof.defenses import mad as M
 from stealproof.defenses.base import Defense
-from stealproof.errors import InputValidationError
+from stealproof.errors import ConfigError, InputValidationError
 from stealproof.models import Classifier, create_model
 
 HYP = settings(
@@ -916,8 +916,9 @@ def test_prepare_builds_seeded_random_surrogate(cls_name: str) -> None:
 
 
 def test_prepare_rejects_non_classifier() -> None:
-    with pytest.raises(TypeError, match=r"Classifier"):
-        defenses.get_defense_class("mad").prepare(nn.Linear(2, 2), images(2))
+    for name in ("mad", "mad_argmax"):
+        with pytest.raises(ConfigError, match=rf"{name}: prepare needs a stealproof Classifier"):
+            defenses.get_defense_class(name).prepare(nn.Linear(2, 2), images(2))
 
 
 # --------------------------------------------------------------------------- 6. bad inputs/params
@@ -989,10 +990,10 @@ def test_class_count_mismatch_raises(name: str, engine: str, k: int) -> None:
         ("mad", {"norm": "l3"}, r"mad: norm: .*'l1'.*'l2'.*'kl'.*\(got 'l3'\)"),
         ("mad", {"oracle": "nope"}, r"mad: oracle: .*'extreme'.*\(got 'nope'\)"),
         ("mad", {"engine": "nope"}, r"mad: engine: .*\(got 'nope'\)"),
-        ("mad", {"nonexistent": 1}, r"mad: nonexistent: Extra inputs"),
+        ("mad", {"nonexistent": 1}, r"mad: unknown parameter 'nonexistent' \(valid names: eps"),
         ("mad_argmax", {"eps": -1}, r"mad_argmax: eps: .*\(got -1\)"),
         ("mad_argmax", {"norm": "l3"}, r"mad_argmax: norm: .*\(got 'l3'\)"),
-        ("mad_argmax", {"oracle": "argmin"}, r"mad_argmax: oracle: Extra inputs"),
+        ("mad_argmax", {"oracle": "argmin"}, r"mad_argmax: unknown parameter 'oracle'"),
     ],
 )
 def test_bad_params_raise_naming_the_field(name: str, params: dict[str, Any], match: str) -> None:
