@@ -597,9 +597,12 @@ def test_sum_slightly_off_is_accepted(
         ("reverse_sigmoid", {"beta": 2}, r"reverse_sigmoid: beta: .*\(got 2\)"),
         ("reverse_sigmoid", {"beta": -0.5}, r"reverse_sigmoid: beta:"),
         ("reverse_sigmoid", {"gamma": 0.0}, r"reverse_sigmoid: gamma: .*greater than 0"),
-        ("topk", {"nonexistent": 1}, r"topk: nonexistent: Extra inputs are not permitted"),
-        ("none", {"k": 1}, r"none: k: Extra inputs"),
-        ("top1", {"k": 1}, r"top1: k: Extra inputs"),
+        ("topk", {"nonexistent": 1}, r"topk: unknown parameter 'nonexistent' \(valid names: k\)"),
+        ("none", {"k": 1}, r"none: unknown parameter 'k' \(it takes no parameters\)"),
+        ("top1", {"k": 1}, r"top1: unknown parameter 'k'"),
+        ("noise", {"eps_z": float("inf")}, r"noise: eps_z: .*finite"),
+        ("noise", {"eps_z": float("nan")}, r"noise: eps_z: .*finite"),
+        ("reverse_sigmoid", {"gamma": float("inf")}, r"reverse_sigmoid: gamma: .*finite"),
     ],
 )
 def test_bad_params_raise_naming_the_field(name: str, params: dict[str, Any], match: str) -> None:

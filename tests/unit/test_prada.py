@@ -148,7 +148,7 @@ def test_delta_keyword_is_delta() -> None:
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        ({"threshold": 0.9}, r"prada: threshold: Extra inputs"),
+        ({"threshold": 0.9}, r"prada: unknown parameter 'threshold' \(valid names: delta"),
         ({"delta": 1.5}, r"prada: delta: .*less than or equal to 1"),
         ({"delta": -0.1}, r"prada: delta:"),
         ({"check_every": 0}, r"prada: check_every:"),

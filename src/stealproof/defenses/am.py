@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from stealproof import _progress
 from stealproof.defenses.base import Defense, DefenseConfig, model_io
 from stealproof.defenses.registry import register
+from stealproof.errors import ConfigError, InputValidationError
 from stealproof.models.base import Classifier
 from stealproof.models.registry import create_model
 from stealproof.train import TrainConfig
@@ -136,7 +137,7 @@ class AdaptiveMisinformation(Defense):
     ) -> None:
         super().__init__(config, **params)
         if misinformation is None:
-            raise ValueError(
+            raise ConfigError(
                 "am: needs a misinformation model: pass misinformation=..., or build it with "
                 "AdaptiveMisinformation.prepare(victim, images)"
             )
@@ -162,7 +163,9 @@ class AdaptiveMisinformation(Defense):
         cfg = cls.make_config(**params)
         assert isinstance(cfg, AMConfig)
         if not isinstance(victim, Classifier):
-            raise TypeError("am.prepare needs a stealproof Classifier victim")
+            raise ConfigError(
+                f"am: prepare needs a stealproof Classifier victim, got {type(victim).__name__}"
+            )
         c, h, w = victim.input_shape
         g = torch.Generator().manual_seed(cfg.seed)
         n_out = max(1000, images.shape[0])
@@ -202,12 +205,12 @@ class AdaptiveMisinformation(Defense):
         cfg = self.config
         assert isinstance(cfg, AMConfig)
         if x is None:
-            raise ValueError("am: needs the inputs x for the misinformation model")
+            raise InputValidationError("am: needs the inputs x for the misinformation model")
         dev = next(self.misinformation.parameters()).device
         xs = x.to(dev)
         y_mis = torch.softmax(self.misinformation(xs).double(), dim=1).to(y.device)
         if y_mis.shape != y.shape:
-            raise ValueError(
+            raise InputValidationError(
                 f"am: the misinformation model has {y_mis.shape[1]} classes, y has {y.shape[1]}"
             )
         if self.scorer is not None:

@@ -21,9 +21,13 @@ from stealproof.errors import InputValidationError
 
 
 class DefenseConfig(BaseModel):
-    """Base of every defense's parameters; unknown fields are errors."""
+    """Base of every defense's parameters; unknown fields and NaN / ±inf values are errors.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    No defense parameter has a meaning at infinity (an unbounded budget is spelled with a large
+    finite number), and refusing them keeps every config strict JSON.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def format_validation_error(

@@ -27,6 +27,7 @@ from stealproof.defenses import forward_mode
 from stealproof.defenses.base import Defense, DefenseConfig, keep_top1, model_io
 from stealproof.defenses.gram import full_gram, last_layer_gram, last_layer_parts
 from stealproof.defenses.registry import register
+from stealproof.errors import ConfigError, InputValidationError
 
 Target = Literal["all_ones", "min_ip", "watermark", "direction"]
 ScoreEngine = Literal["jvp", "finite_difference", "double_backward"]
@@ -40,9 +41,11 @@ def _eps_per_row(eps: float | Tensor, b: int, like: Tensor) -> Tensor:
     if e.ndim == 0:
         e = e.expand(b)
     if e.shape != (b,):
-        raise ValueError(f"eps: expected a scalar or one value per row ({b}), got {tuple(e.shape)}")
+        raise InputValidationError(
+            f"eps: expected a scalar or one value per row ({b}), got {tuple(e.shape)}"
+        )
     if bool((e < 0).any()) or bool(torch.isnan(e).any()):
-        raise ValueError("eps: must be non-negative and not NaN")
+        raise InputValidationError("eps: must be non-negative and not NaN")
     return e
 
 
@@ -246,7 +249,7 @@ class Grad2(Defense):
         cfg = self.config
         assert isinstance(cfg, Grad2Config)
         if surrogate is None:
-            raise ValueError(
+            raise ConfigError(
                 "grad2: needs a surrogate model: pass surrogate=..., or build one with "
                 "Grad2.prepare(victim, images) (distilled, 10 of 50 epochs)"
             )
@@ -256,33 +259,35 @@ class Grad2(Defense):
             self.direction = all_ones_direction(surrogate)
         elif cfg.target == "watermark":
             if watermark is None:
-                raise ValueError("grad2: target='watermark' needs watermark=(x_w, y_w)")
+                raise ConfigError("grad2: target='watermark' needs watermark=(x_w, y_w)")
             x_w, y_w = watermark
             k = getattr(surrogate, "num_classes", None)
             if k is not None and not 0 <= int(y_w) < int(k):
-                raise ValueError(f"grad2: watermark label {y_w} is outside [0, {int(k) - 1}]")
+                raise ConfigError(f"grad2: watermark label {y_w} is outside [0, {int(k) - 1}]")
             self.direction = watermark_direction(surrogate, x_w, int(y_w))
         elif cfg.target == "direction":
             if direction is None:
-                raise ValueError("grad2: target='direction' needs direction={param name: tensor}")
+                raise ConfigError("grad2: target='direction' needs direction={param name: tensor}")
             names = {n: p.shape for n, p in surrogate.named_parameters()}
             if set(direction) != set(names):
-                raise ValueError("grad2: direction must have one tensor per surrogate parameter")
+                raise ConfigError("grad2: direction must have one tensor per surrogate parameter")
             for n, t in direction.items():
                 if t.shape != names[n]:
-                    raise ValueError(
+                    raise ConfigError(
                         f"grad2: direction[{n!r}] has shape {tuple(t.shape)}, "
                         f"expected {tuple(names[n])}"
                     )
             if not all(bool(torch.isfinite(t).all()) for t in direction.values()):
-                raise ValueError("grad2: direction contains NaN or inf")
+                raise ConfigError("grad2: direction contains NaN or inf")
             self.direction = {n: t.detach() for n, t in direction.items()}
         self._given = {"surrogate": surrogate, "direction": direction, "watermark": watermark}
         self._all_ones = cfg.target == "all_ones"
         self._shifted: ShiftedModel | None = None
         if cfg.engine == "finite_difference":
             if self.direction is None:
-                raise ValueError("grad2: engine='finite_difference' needs a fixed target direction")
+                raise ConfigError(
+                    "grad2: engine='finite_difference' needs a fixed target direction"
+                )
             step = cfg.fd_step or auto_fd_step(surrogate, self.direction)
             self._shifted = ShiftedModel(surrogate, self.direction, step)
 
@@ -354,7 +359,7 @@ class Grad2(Defense):
         cfg = self.config
         assert isinstance(cfg, Grad2Config)
         if x is None:
-            raise ValueError("grad2: needs the inputs x to score the classes")
+            raise InputValidationError("grad2: needs the inputs x to score the classes")
         y64 = y.double()
         s = self.scores(x, y64)
         if cfg.preserve_argmax:

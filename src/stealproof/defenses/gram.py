@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from stealproof.errors import ConfigError
+
 #: Float elements a chunk of per-sample Jacobians may hold (~256 MB in float32).
 JACOBIAN_CHUNK_ELEMENTS = 64_000_000
 
@@ -29,7 +31,7 @@ def last_layer_parts(surrogate: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     features = getattr(surrogate, "features", None)
     head = getattr(surrogate, "head", None)
     if features is None or head is None:
-        raise TypeError("the last_layer engine needs a surrogate with features() and head()")
+        raise ConfigError("the last_layer engine needs a surrogate with features() and head()")
     h = features(x)
     logits = head()(h)
     h_sq = h.flatten(1).pow(2).sum(dim=1) + 1.0  # + 1 for the bias
@@ -58,7 +60,7 @@ def select_parameters(model: nn.Module, layers: Sequence[str] | None) -> dict[st
     else:
         chosen = {n: p for n, p in named.items() if any(n.startswith(pre) for pre in layers)}
         if not chosen:
-            raise ValueError(
+            raise ConfigError(
                 f"layers: no parameter name starts with any of {list(layers)}; "
                 f"names are {list(named)}"
             )

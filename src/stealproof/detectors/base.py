@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from stealproof.errors import InputValidationError
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -32,7 +34,7 @@ class Detection:
 
     def __post_init__(self) -> None:
         if self.scores.shape != self.flags.shape or self.scores.ndim != 1:
-            raise ValueError(
+            raise InputValidationError(
                 f"Detection: scores {tuple(self.scores.shape)} and flags "
                 f"{tuple(self.flags.shape)} must be matching 1-d tensors"
             )
@@ -74,7 +76,12 @@ def dumps_state(state: dict[str, Any]) -> bytes:
 
 def loads_state(data: bytes) -> dict[str, Any]:
     """Inverse of :func:`dumps_state`; refuses anything but tensors and plain containers."""
-    out = torch.load(io.BytesIO(data), weights_only=True)
+    try:
+        out = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or hostile bytes
+        raise InputValidationError(
+            f"state: not a readable client state ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(out, dict):
-        raise ValueError("loads_state: the bytes do not hold a state dict")
+        raise InputValidationError("state: the bytes do not hold a state dict")
     return out

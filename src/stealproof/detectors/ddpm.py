@@ -33,7 +33,7 @@ from stealproof.errors import InputValidationError
 class DDPMConfig(BaseModel):
     """Noise schedule, denoiser size and training schedule of :func:`train_ddpm`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     timesteps: int = Field(100, ge=2)
     beta_start: float = Field(1e-3, gt=0, lt=1)

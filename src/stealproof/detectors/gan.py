@@ -23,7 +23,7 @@ from stealproof.errors import InputValidationError
 class GANConfig(BaseModel):
     """Size and training schedule of :func:`train_gan`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     latent_dim: int = Field(32, ge=1)
     width: int = Field(64, ge=4, description="base width (conv channels or MLP units / 2)")

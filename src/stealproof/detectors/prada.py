@@ -63,7 +63,7 @@ STATE_VERSION = 1
 class PradaConfig(BaseModel):
     """PRADA's parameters (ALGORITHMS.md §3.2); the defaults are the paper's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     delta: float = Field(
         0.9, ge=0.0, le=1.0, description="flag the client while Shapiro–Wilk W < delta"
@@ -164,7 +164,9 @@ class PradaDetector(Detector):
             try:
                 config = PradaConfig(**params)
             except ValidationError as e:
-                raise InputValidationError(format_validation_error(self.name, e)) from None
+                raise InputValidationError(
+                    format_validation_error(self.name, e, PradaConfig)
+                ) from None
         elif not isinstance(config, PradaConfig):
             raise InputValidationError(
                 f"prada: expected a PradaConfig, got {type(config).__name__}"
