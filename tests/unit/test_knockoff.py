@@ -354,3 +354,15 @@ def test_clone_cache_shares_one_hot_and_label_only_entries(
     assert top1 is soft_labels
     expected, _ = train_clone(make, transfer, FAST, label_only=True, seed=0)
     assert same_weights(top1, expected)
+
+
+def test_transfer_set_records_the_pool_row_of_every_query(
+    random_run: tuple[AttackResult, RecordingBox, Pool],
+) -> None:
+    result, _, pool = random_run
+    index = result.transfer.pool_index
+    assert index is not None and index.shape == (300,)
+    # 300 rows from a 200-image pool: a permutation first (sent as drawn), then repeats
+    assert sorted(index[:200].tolist()) == list(range(200))
+    assert torch.equal(result.transfer.images[:200], pool.images[index[:200]])
+    assert torch.equal(result.transfer.prefix(50).pool_index, index[:50])  # type: ignore[arg-type]

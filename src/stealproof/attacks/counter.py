@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -23,6 +24,9 @@ from stealproof._validate import check_images
 from stealproof.attacks.base import BlackBoxLike
 from stealproof.data.transforms import random_affine
 from stealproof.errors import BudgetExhaustedError, InputValidationError
+
+if TYPE_CHECKING:
+    from stealproof.policy import ClientStatus
 
 #: ``augment(images, generator) -> images``: a batched, seeded pixel-space transform.
 Augment = Callable[[Tensor, torch.Generator], Tensor]
@@ -50,6 +54,11 @@ class AveragingBlackBox:
     not fit raises :class:`~stealproof.errors.BudgetExhaustedError` before anything is sent
     (nothing charged, no random numbers drawn). The augmentations come from a generator seeded
     with ``seed``: the same sequence of calls gives the same answers.
+
+    A refusal of the inner box (e.g. :class:`~stealproof.errors.ClientBlockedError` from its
+    detection policy) passes through unchanged, with nothing counted here; every attack stops
+    cleanly on it. :attr:`flagged_rows` and :meth:`policy_status` are the inner box's (in its
+    rows), so a result says how many of the rows sent were flagged.
     """
 
     def __init__(
@@ -83,6 +92,17 @@ class AveragingBlackBox:
         """Rows this wrapper can still answer: ``inner.budget_left // copies``."""
         left = self.inner.budget_left
         return None if left is None else left // self.copies
+
+    @property
+    def flagged_rows(self) -> int | None:
+        """Rows of the inner box its policy flagged (inner rows; ``None`` if it has no meter)."""
+        value = getattr(self.inner, "flagged_rows", None)
+        return None if value is None else int(value)
+
+    def policy_status(self) -> ClientStatus | None:
+        """The inner box's client standing with its policy (``None`` without one)."""
+        status = getattr(self.inner, "policy_status", None)
+        return None if status is None else cast("ClientStatus | None", status())
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:

@@ -22,6 +22,10 @@ Conventions, common to all three attacks:
   result's :class:`~stealproof.attacks.base.TransferSet` holds only the *last*
   ``keep_queries`` rows sent (default 0: empty), in the order sent, including the
   zeroth-order perturbation points.
+* **Refusals**: when the black box refuses a query (a detection policy blocked the client, or
+  the box's own budget ran out) the iteration in progress is abandoned, a last trace point is
+  taken and the attack returns the clone as it is, with ``stopped`` / ``blocked_at`` set (see
+  :class:`~stealproof.attacks.base.QueryGuard`).
 * **Clone selection**: a data-free thief has no held-out natural data, so the clone is the last
   one (no selection). ``eval_data`` only scores the trace.
 * **Answers**: log-probabilities are clamped below at ``log_prob_min`` (defended answers may
@@ -52,6 +56,7 @@ from stealproof.attacks.base import (
     AttackResult,
     BlackBoxLike,
     CloneFactory,
+    QueryGuard,
     TracePoint,
     TransferSet,
     check_budget,
@@ -59,7 +64,7 @@ from stealproof.attacks.base import (
 )
 from stealproof.attacks.generators import GeneratorKind, ImageGenerator, create_generator
 from stealproof.attacks.zeroth_order import DEFAULT_MU, zeroth_order_gradient
-from stealproof.errors import ClientBlockedError, InputValidationError
+from stealproof.errors import InputValidationError
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +102,13 @@ class DataFreeResult(AttackResult):
     """The last clone, the trained generator, the trace and (bounded) kept queries.
 
     ``history`` has one entry per trace point: queries, mean clone loss and mean generator
-    loss since the previous point. ``stopped`` says why the attack ended early (the black box
-    blocked the client), ``None`` when it ran to its budget.
+    loss since the previous point. ``iterations`` counts the iterations completed (one cut
+    short by a refusal is not counted).
     """
 
     generator: ImageGenerator = field(kw_only=True)
     iterations: int = field(default=0, kw_only=True)
     history: list[dict[str, float]] = field(default_factory=list, kw_only=True)
-    stopped: str | None = field(default=None, kw_only=True)
 
 
 def log_probs(answers: Tensor, floor: float) -> Tensor:
@@ -399,17 +403,16 @@ class DataFreeAttack(Generic[C]):
                 meter = QueryMeter(
                     blackbox, budget, keep=cfg.keep_queries, label_only=cfg.label_only, step=step
                 )
+                guard = QueryGuard(blackbox, self.name)
                 done = 0
-                stopped: str | None = None
                 while done < iterations and meter.fits(per_iter):
-                    try:
+                    with guard.refusals():
                         losses.append(self.iteration(meter, rng))
-                    except ClientBlockedError as err:  # a detection policy cut the thief off
-                        stopped = str(err)
-                        log.info("%s: stopped after %d rows: %s", self.name, meter.charged, err)
-                    else:
                         done += 1
-                    if stopped is not None or done % every == 0 or done == iterations:
+                    at_end = done % every == 0 or done == iterations
+                    if guard.stopped:  # a last point, unless the previous one is already here
+                        at_end = not trace or trace[-1].queries != meter.charged
+                    if at_end:
                         point = evaluate_trace_point(clone, meter.charged, eval_data)
                         trace.append(point)
                         cl = sum(c for c, _ in losses) / max(1, len(losses))
@@ -430,19 +433,18 @@ class DataFreeAttack(Generic[C]):
                             gl,
                             point.clone_acc,
                         )
-                    if stopped is not None:
+                    if guard.stopped:
                         break
         clone.eval()
         generator.eval()
         return DataFreeResult(
             clone=clone,
             transfer=meter.transfer(shape, k),
-            queries_used=meter.charged,
             trace=trace,
             generator=generator,
             iterations=done,
             history=history,
-            stopped=stopped,
+            **guard.outcome(),
         )
 
 

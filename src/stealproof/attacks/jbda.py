@@ -38,6 +38,10 @@ doubles — JB-top3: quadruples — every round). The clone is the substitute of
 the trace has one point per round (queries so far, clone accuracy on ``eval_data`` if given,
 which never influences training or selection). Left out from the reference: reservoir
 sampling of the points to augment (κ, σ) and the final longer training run.
+
+Refusals: when the black box refuses a query (the client was blocked, or its budget ran out)
+the answered part of the round joins the transfer set, the substitute is trained once more on
+everything answered (unless nothing new came in) and the attack returns with ``stopped`` set.
 """
 
 from __future__ import annotations
@@ -56,11 +60,12 @@ from stealproof.attacks.base import (
     AttackResult,
     BlackBoxLike,
     CloneFactory,
+    QueryGuard,
     TracePoint,
     TransferSet,
     check_budget,
     evaluate_trace_point,
-    train_clone,
+    fit_clone,
 )
 from stealproof.attacks.knockoff import default_clone_training
 from stealproof.errors import InputValidationError
@@ -256,38 +261,47 @@ class _JacobianAttack(Generic[C]):
         cfg = self.config
         seeds = check_images(seed_images, "seed_images", shape=blackbox.input_shape)
         check_budget(blackbox, budget)
-        start = blackbox.queries_used
+        guard = QueryGuard(blackbox, self.name)
+        k = blackbox.num_classes or 0
         trace: list[TracePoint] = []
         with _progress.task(progress, f"querying ({self.name})", total=budget) as step:
 
             def ask(x: Tensor) -> Tensor:
-                parts = []
-                for sl in _chunks(x.shape[0], cfg.query_batch):
-                    parts.append(blackbox.query(x[sl]).detach().cpu().float())
-                    step(sl.stop - sl.start)
-                return torch.cat(parts)
+                """Answers to the rows of ``x`` in order: all of them, or the part answered
+                before a refusal."""
+                parts: list[Tensor] = []
+                with guard.refusals():
+                    for sl in _chunks(x.shape[0], cfg.query_batch):
+                        parts.append(blackbox.query(x[sl]).detach().cpu().float())
+                        step(sl.stop - sl.start)
+                return torch.cat(parts) if parts else torch.empty(0, k)
 
             images = seeds[:budget].detach().to("cpu", torch.float32).contiguous()
             answers = ask(images)
+            images = images[: answers.shape[0]]
             round_index = 0
             while True:
                 clone, tr = self._train(make_clone, images, answers, round_index, device, progress)
-                used = blackbox.queries_used - start
-                trace.append(evaluate_trace_point(clone, used, eval_data))
+                trace.append(evaluate_trace_point(clone, guard.used, eval_data))
                 room = budget - images.shape[0]
-                if room <= 0 or (cfg.rounds is not None and round_index >= cfg.rounds):
+                if guard.stopped or room <= 0:
+                    break
+                if cfg.rounds is not None and round_index >= cfg.rounds:
                     break
                 new = self.augment(clone, images, answers, round_index, room)[:room]
                 new = new.detach().to("cpu", torch.float32).contiguous()
-                answers = torch.cat([answers, ask(new)])
-                images = torch.cat([images, new])
+                got = ask(new)
+                if got.shape[0] == 0:  # refused at once: the last substitute saw everything
+                    break
+                answers = torch.cat([answers, got])
+                images = torch.cat([images, new[: got.shape[0]]])
                 round_index += 1
         return AttackResult(
             clone=clone,
             transfer=TransferSet(images, answers),
-            queries_used=blackbox.queries_used - start,
             trace=trace,
             train_result=tr,
+            **guard.outcome(),
         )
 
     def _train(
@@ -298,10 +312,10 @@ class _JacobianAttack(Generic[C]):
         round_index: int,
         device: torch.device | str | None,
         progress: Progress | None,
-    ) -> tuple[nn.Module, TrainResult]:
+    ) -> tuple[nn.Module, TrainResult | None]:
         cfg = self.config
         labels = " (labels)" if cfg.label_only else ""
-        return train_clone(
+        return fit_clone(
             make_clone,
             TransferSet(images, answers),
             cfg.train,

@@ -4,7 +4,9 @@ Two sampling policies: ``random`` (the pool without replacement, then augmented 
 ``adaptive`` (a gradient bandit over the pool's groups, rewarded by answer certainty, answer
 diversity and the online clone's loss). The clone is trained from scratch on all answers with
 soft cross-entropy (or on argmax of the answers for the label-only counter-attack) and selected
-on the thief's own held-out answers.
+on the thief's own held-out answers. When the black box refuses a query (the client was blocked,
+or its budget ran out) the attack stops querying and trains on what it was answered (see
+:class:`~stealproof.attacks.base.QueryGuard`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from stealproof.attacks.base import (
     AttackResult,
     BlackBoxLike,
     CloneFactory,
+    QueryGuard,
     TransferSet,
     check_budget,
+    empty_transfer,
     evaluate_trace_point,
-    train_clone,
+    fit_clone,
 )
 from stealproof.data.pools import Pool
 from stealproof.errors import InputValidationError
@@ -111,23 +115,62 @@ class KnockoffNets:
         make_clone: CloneFactory | None = None,
         *,
         progress: Progress | None = None,
+        guard: QueryGuard | None = None,
     ) -> TransferSet:
-        """Spend ``budget`` rows of queries from ``pool`` and return the transfer set."""
+        """Spend ``budget`` rows of queries from ``pool`` and return the transfer set.
+
+        With a ``guard``, a refusal of the black box ends the collection quietly (the transfer
+        set holds what was answered; ``guard.stop`` says why); without one it is raised.
+        """
         cfg = self.config
         check_budget(blackbox, budget)
+        if cfg.policy == "adaptive" and make_clone is None:
+            raise InputValidationError("policy='adaptive' needs make_clone for the online clone")
         g = torch.Generator().manual_seed(cfg.seed)
+        images: list[Tensor] = []
+        answers: list[Tensor] = []
+        index: list[Tensor] = []
+        if guard is None:
+            self._collect(blackbox, pool, budget, make_clone, g, progress, images, answers, index)
+        else:
+            with guard.refusals():
+                self._collect(
+                    blackbox, pool, budget, make_clone, g, progress, images, answers, index
+                )
+        if not answers:
+            empty = empty_transfer(blackbox.input_shape, blackbox.num_classes)
+            empty.pool_index = torch.empty(0, dtype=torch.long)
+            return empty
+        return TransferSet(torch.cat(images), torch.cat(answers), torch.cat(index))
+
+    def _collect(
+        self,
+        blackbox: BlackBoxLike,
+        pool: Pool,
+        budget: int,
+        make_clone: CloneFactory | None,
+        g: torch.Generator,
+        progress: Progress | None,
+        images: list[Tensor],
+        answers: list[Tensor],
+        index: list[Tensor],
+    ) -> None:
+        """Query in batches, appending each answered batch (images, answers, pool rows)."""
+        cfg = self.config
         if cfg.policy == "random":
-            images, _ = pool.draw(budget, g, augment=cfg.augment)
-            answers = []
+            drawn, idx = pool.draw(budget, g, augment=cfg.augment)
             with _progress.task(progress, "querying", total=budget) as step:
                 for i in range(0, budget, cfg.query_batch):
-                    batch = images[i : i + cfg.query_batch]
+                    batch = drawn[i : i + cfg.query_batch]
                     answers.append(blackbox.query(batch))
+                    images.append(batch)
+                    index.append(idx[i : i + cfg.query_batch])
                     step(batch.shape[0])
-            return TransferSet(images, torch.cat(answers))
-        if make_clone is None:
-            raise InputValidationError("policy='adaptive' needs make_clone for the online clone")
-        return self._collect_adaptive(blackbox, pool, budget, make_clone, g, progress)
+            return
+        assert make_clone is not None  # checked by collect
+        self._collect_adaptive(
+            blackbox, pool, budget, make_clone, g, progress, images, answers, index
+        )
 
     def _collect_adaptive(
         self,
@@ -137,7 +180,10 @@ class KnockoffNets:
         make_clone: CloneFactory,
         g: torch.Generator,
         progress: Progress | None,
-    ) -> TransferSet:
+        images: list[Tensor],
+        answers: list[Tensor],
+        index: list[Tensor],
+    ) -> None:
         cfg = self.config
         n_groups = pool.num_groups
         h = torch.zeros(n_groups, dtype=torch.float64)
@@ -148,16 +194,17 @@ class KnockoffNets:
             clone = make_clone()
         opt = torch.optim.Adam(clone.parameters(), lr=1e-3)
         mean_answer: Tensor | None = None
-        images: list[Tensor] = []
-        answers: list[Tensor] = []
         used, rounds = 0, 0
         with _progress.task(progress, "querying (adaptive)", total=budget) as step:
             while used < budget:
                 b = min(cfg.query_batch, budget - used)
                 pi = torch.softmax(h, dim=0)
                 actions = torch.multinomial(pi, b, replacement=True, generator=g)
-                x, _ = pool.draw_from_groups(actions, g, augment=cfg.augment)
+                x, idx = pool.draw_from_groups(actions, g, augment=cfg.augment)
                 y = blackbox.query(x)
+                images.append(x)
+                answers.append(y)
+                index.append(idx)
                 mean_answer = (
                     y.mean(0) if mean_answer is None else 0.9 * mean_answer + 0.1 * y.mean(0)
                 )
@@ -184,11 +231,8 @@ class KnockoffNets:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                images.append(x)
-                answers.append(y)
                 used += b
                 step(b)
-        return TransferSet(torch.cat(images), torch.cat(answers))
 
     def run(
         self,
@@ -201,11 +245,15 @@ class KnockoffNets:
         device: torch.device | str | None = None,
         progress: Progress | None = None,
     ) -> AttackResult:
-        """Query, then train the clone; ``eval_data`` only scores the trace, never selects."""
+        """Query, then train the clone; ``eval_data`` only scores the trace, never selects.
+
+        A refusal of the black box ends the querying; the clone is trained on what was answered
+        and the result's ``stopped`` / ``blocked_at`` say so.
+        """
         cfg = self.config
-        start = blackbox.queries_used
-        transfer = self.collect(blackbox, pool, budget, make_clone, progress=progress)
-        clone, tr = train_clone(
+        guard = QueryGuard(blackbox, self.name)
+        transfer = self.collect(blackbox, pool, budget, make_clone, progress=progress, guard=guard)
+        clone, tr = fit_clone(
             make_clone,
             transfer,
             cfg.train,
@@ -216,11 +264,11 @@ class KnockoffNets:
             progress=progress,
             description="clone (labels)" if cfg.label_only else "clone",
         )
-        used = blackbox.queries_used - start
+        outcome = guard.outcome()
         return AttackResult(
             clone=clone,
             transfer=transfer,
-            queries_used=used,
-            trace=[evaluate_trace_point(clone, used, eval_data)],
+            trace=[evaluate_trace_point(clone, outcome["queries_used"], eval_data)],
             train_result=tr,
+            **outcome,
         )
