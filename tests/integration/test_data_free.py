@@ -1,10 +1,12 @@
 """DFME, MAZE and DaST against the undefended digits victim: no natural data, a better-than-chance
 clone.
 
-Measured (budget 100,000 rows, MLP victim at 97.5%, default configs, seeds 0/1/2): DFME clone
-81.1 / 76.9 / 93.1 %, MAZE 89.7 / 89.7 / 91.4 %, DaST 82.5 / 77.2 / 75.0 %. The tests assert
-the acceptance criterion (≥ 60% of the victim's accuracy) for DFME and MAZE and 50% (five
-times chance) for DaST.
+Measured (budget 100,000 rows, MLP victim at 97.5%, default configs; seed s = victim seed and
+attack seed, s = 0/1/2): DFME clone 81.9 / 71.7 / 92.2 %, MAZE 89.7 / 90.0 / 90.8 %, DaST
+80.8 / 76.7 / 80.3 %. The tests assert the acceptance criterion (≥ 60% of the victim's
+accuracy, 58.5%) for DFME and MAZE and 50% (five times chance) for DaST; the lowest seed clears
+it by 13 points. Seed 0 runs in the default set (about 7 s for the three attacks), seeds 1 and 2
+in the ``slow`` set.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typer.testing import CliRunner
 
 from stealproof.attacks import DFME, MAZE, DaST, DataFreeResult, ImageGenerator, clone_factory_like
 from stealproof.cli import app
-from stealproof.data import load_dataset
+from stealproof.data import Dataset, load_dataset
 from stealproof.experiment import SCENARIOS, train_victim
-from stealproof.models import save_checkpoint
+from stealproof.models import Classifier, save_checkpoint
 from stealproof.oracle import BlackBox
 
 BUDGET = 100_000
+SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +37,30 @@ def setting():  # type: ignore[no-untyped-def]
     return ds, victim, acc
 
 
+@pytest.fixture(scope="module")
+def victims() -> dict[int, tuple[Classifier, float]]:
+    """Victims by seed, trained on first use."""
+    return {}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("cls", "floor"), [(DFME, 0.6), (MAZE, 0.6), (DaST, 0.5 / 0.975)])
-def test_data_free_attack_steals_undefended_digits(setting, cls: type, floor: float) -> None:  # type: ignore[no-untyped-def]
-    ds, victim, victim_acc = setting
+def test_data_free_attack_steals_undefended_digits(
+    setting: tuple[Dataset, Classifier, float],
+    victims: dict[int, tuple[Classifier, float]],
+    cls: type,
+    floor: float,
+    seed: int,
+) -> None:
+    ds = setting[0]
+    victims[0] = (setting[1], setting[2])
+    if seed not in victims:
+        scenario = SCENARIOS["digits"]
+        victims[seed] = train_victim(ds, scenario.model, scenario.victim_training, seed=seed)
+    victim, victim_acc = victims[seed]
     assert victim_acc >= 0.95
     box = BlackBox(victim, None, budget=BUDGET)
-    result: DataFreeResult = cls(seed=0).run(
+    result: DataFreeResult = cls(seed=seed).run(
         box, BUDGET, clone_factory_like(victim), eval_data=(ds.test.images, ds.test.labels)
     )
     assert box.queries_used == result.queries_used <= BUDGET
@@ -49,6 +70,7 @@ def test_data_free_attack_steals_undefended_digits(setting, cls: type, floor: fl
     final = accs[-1]
     assert final is not None and final >= floor * victim_acc, (final, victim_acc)
     assert final > accs[0]  # it learns over the run
+    assert result.stopped is None and result.blocked_at is None
     # the generator comes back trained and usable (Model-Guardian trains on its samples)
     assert isinstance(result.generator, ImageGenerator)
     images = result.generator.sample(8, torch.Generator().manual_seed(0))
