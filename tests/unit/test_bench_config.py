@@ -289,3 +289,84 @@ def test_readme_example_config_and_error_are_real() -> None:
     with pytest.raises(BenchConfigError) as info:
         parse_config(example, source="my-sweep.yaml")
     assert str(info.value) == shown
+
+
+# ----------------------------------------------------------------------------- issue 11 #8
+
+
+def test_duplicate_yaml_keys_are_refused_with_the_key_and_lines(tmp_path: Path) -> None:
+    p = tmp_path / "dup.yaml"
+    p.write_text(
+        "name: dup\n"
+        "scenarios: [{name: digits}]\n"
+        "defenses:\n"
+        "  mad: {eps: [0.5]}\n"
+        "  none: [{}]\n"
+        "  mad: {eps: [0.9]}\n"
+        "budgets: [100]\n"
+    )
+    with pytest.raises(BenchConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert "\n" not in msg and str(p) in msg
+    assert "duplicate key 'mad'" in msg and "first at line 4" in msg and "line 6" in msg
+    # merge keys still override, as YAML specifies
+    p.write_text(
+        "base: &b {name: digits, clone_training: {epochs: 2}}\n"
+        "scenarios: [{<<: *b, name: digits}]\n"
+        "defenses: {none: [{}]}\nbudgets: [100]\n"
+    )
+    with pytest.raises(BenchConfigError, match="base: unknown key"):
+        load_config(p)  # (an unknown top-level key, but no duplicate-key error)
+
+
+def test_duplicate_json_keys_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "dup.json"
+    p.write_text('{"budgets": [1], "budgets": [2]}')
+    with pytest.raises(BenchConfigError, match="duplicate key 'budgets'"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("defenses: {mad: {eps: [.nan]}}", "defenses.mad.eps[0]"),
+        ("defenses: {mad: [{eps: .inf}]}", "defenses.mad[0].eps"),
+        ("defenses: {none: [{}]}\nscenarios: [{name: digits, victim_training: {lr: -.inf}}]", ""),
+    ],
+)
+def test_non_finite_values_are_refused_at_load(tmp_path: Path, text: str, key: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("scenarios: [{name: digits}]\nbudgets: [100]\n" + text)
+    if "scenarios" in text:
+        p.write_text("budgets: [100]\n" + text)
+        key = "scenarios[0].victim_training.lr"
+    with pytest.raises(BenchConfigError) as info:
+        load_config(p)
+    assert f"{key}: expected a finite number" in str(info.value)
+    j = tmp_path / "c.json"
+    j.write_text('{"scenarios": [{"name": "digits"}], "budgets": [NaN], "defenses": {}}')
+    with pytest.raises(BenchConfigError, match=r"budgets\[0\]: expected a finite number"):
+        load_config(j)
+
+
+def test_parameter_names_must_be_strings() -> None:
+    assert "parameter names must be strings" in error_of(cfg(defenses={"mad": [{1: 0.5}]}))
+    assert "parameter names must be strings" in error_of(cfg(defenses={"mad": {1: [0.5]}}))
+
+
+def test_seeds_and_budgets_are_bounded() -> None:
+    assert "seeds[0]" in error_of(cfg(seeds=[2**40]))
+    assert "budgets[0]" in error_of(cfg(budgets=[10**12]))
+
+
+def test_a_file_pool_is_checked_at_load(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    msg = error_of(cfg(scenarios=[{"name": "digits", "pool": f"file:{missing}"}]))
+    assert "scenarios[0].pool" in msg and str(missing) in msg and "no such file" in msg
+    (tmp_path / "empty").mkdir()
+    msg = error_of(cfg(scenarios=[{"name": "digits", "pool": f"file:{tmp_path / 'empty'}"}]))
+    assert "holds no files" in msg
+    assert "needs a path" in error_of(cfg(scenarios=[{"name": "digits", "pool": "file:"}]))
+    (tmp_path / "pool.npz").write_bytes(b"x")
+    parse_config(cfg(scenarios=[{"name": "digits", "pool": f"file:{tmp_path / 'pool.npz'}"}]))

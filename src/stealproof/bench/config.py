@@ -11,8 +11,9 @@ A config is a grid::
 Every scenario × seed × budget × attack setting × defense setting is one *cell*. A defense's
 strengths are either a mapping of parameter lists (their cartesian product) or an explicit list
 of settings. Everything is checked when the config is loaded — names against the registries,
-parameters against each defense's ``Config`` — so a malformed config fails before any work,
-with one line that names the offending key.
+parameters against each defense's ``Config``, ``file:`` pools against the file system, keys
+listed twice in one mapping, NaN and ±infinity anywhere — so a malformed config fails before
+any work, with one line that names the offending key.
 
 A cell's hash is the SHA-256 of the canonical JSON of everything that determines its numbers
 (resolved scenario, attack, defense config, budget, seed) and *not* the package version, so
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -41,13 +43,13 @@ from pydantic import (
 
 from stealproof._names import unknown_name_message
 from stealproof.attacks.knockoff import default_clone_training
-from stealproof.errors import InputValidationError
+from stealproof.errors import ConfigError, InputValidationError, StealproofError
 from stealproof.experiment import SCENARIOS, Scenario
 from stealproof.fingerprint import stable_hash
 from stealproof.train import TrainConfig
 
 
-class BenchConfigError(InputValidationError):
+class BenchConfigError(ConfigError, InputValidationError):
     """A benchmark config is malformed; the one-line message names the offending key."""
 
 
@@ -107,6 +109,11 @@ class KnockoffSpec(BaseModel):
         return _unique(v)
 
 
+#: Largest query budget of a cell (a larger one would not fit in memory anyway).
+MAX_BUDGET = 100_000_000
+#: Largest seed (every RNG the benchmark seeds accepts it, ``seed + 1`` included).
+MAX_SEED = 2**31 - 2
+
 #: Attacks a config may name, with the model of their options.
 ATTACK_SPECS: dict[str, type[BaseModel]] = {"knockoff": KnockoffSpec}
 
@@ -121,8 +128,10 @@ class BenchConfig(BaseModel):
     scenarios: list[ScenarioSpec] = Field(min_length=1)
     attacks: dict[str, Any] = Field(default_factory=lambda: {"knockoff": {}}, min_length=1)
     defenses: dict[str, Any] = Field(min_length=1)
-    budgets: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    budgets: list[Annotated[int, Field(ge=1, le=MAX_BUDGET)]] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
+        default_factory=lambda: [0], min_length=1
+    )
     data_dir: str | None = Field(None, description="directory of dataset files (file datasets)")
 
     @field_validator("budgets", "seeds")
@@ -225,6 +234,8 @@ def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
         raise BenchConfigError(
             f"{where}.pool: {unknown_name_message('pool', pool, pools)} or file:PATH"
         )
+    if pool.startswith("file:"):
+        _check_file_pool(f"{where}.pool", pool.removeprefix("file:"))
     scenario = Scenario(
         dataset=dataset,
         model=model,
@@ -237,6 +248,38 @@ def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
         ),
     )
     return spec.name or dataset, scenario
+
+
+def _check_file_pool(where: str, path: str) -> None:
+    """A ``file:`` pool must name an existing file or a directory with files in it.
+
+    Its contents are read (and checked) by the runner before any victim trains; this catches the
+    common mistakes (a typo, a missing download) while the config is still being loaded.
+    """
+    if not path:
+        raise BenchConfigError(f"{where}: file: needs a path (file:PATH, a .npz or a directory)")
+    p = Path(path)
+    try:
+        if p.is_file():
+            return
+        if not p.exists():
+            raise BenchConfigError(
+                f"{where}: {path}: no such file or directory (file:PATH takes a .npz file or a "
+                "directory of IDX, CIFAR or image files; relative paths start at the current "
+                "directory)"
+            )
+        if not p.is_dir() or not any(q.is_file() for q in p.rglob("*")):
+            raise BenchConfigError(f"{where}: {path}: the directory holds no files")
+    except OSError as e:
+        raise BenchConfigError(f"{where}: {path}: cannot read it ({e.strerror})") from None
+
+
+def _string_keys(where: str, params: dict[Any, Any]) -> dict[str, Any]:
+    """Parameter names must be strings (YAML reads ``1: 2`` as an integer key)."""
+    for k in params:
+        if not isinstance(k, str):
+            raise BenchConfigError(f"{where}: parameter names must be strings, got {k!r}")
+    return params
 
 
 def _expand_strengths(where: str, value: Any) -> list[dict[str, Any]]:
@@ -252,8 +295,9 @@ def _expand_strengths(where: str, value: Any) -> list[dict[str, Any]]:
                     f"{where}[{j}]: expected a mapping of parameters like {{eps: 0.5}}, "
                     f"got {item!r}"
                 )
-        return [dict(item or {}) for item in value]
+        return [_string_keys(f"{where}[{j}]", dict(item or {})) for j, item in enumerate(value)]
     if isinstance(value, dict):
+        _string_keys(where, value)
         keys = list(value)
         for k in keys:
             v = value[k]
@@ -284,14 +328,17 @@ def resolve_defenses(raw: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
         settings: list[dict[str, Any]] = []
         for params in _expand_strengths(where, value):
             try:
+                cls.Config.model_validate(params)
+            except ValidationError as e:
+                raise BenchConfigError(
+                    format_validation_error(
+                        e, prefix=where, model=cls.Config, unknown="unknown parameter"
+                    )
+                ) from None
+            try:
                 cfg = cls.make_config(**params)
-            except InputValidationError as e:
-                msg = str(e).replace(f"{name}: ", f"{where}.", 1)
-                msg = msg.replace(f"{where}.<config>", where).replace(
-                    "Extra inputs are not permitted",
-                    f"unknown parameter (allowed: {', '.join(cls.Config.model_fields)})",
-                )
-                raise BenchConfigError(msg) from None
+            except StealproofError as e:
+                raise BenchConfigError(f"{where}: {e}") from None
             dumped = cfg.model_dump(mode="json")
             normal = {k: dumped[k] for k in params}
             if normal in settings:
@@ -407,7 +454,11 @@ def _loc_text(loc: tuple[int | str, ...]) -> str:
 
 
 def format_validation_error(
-    err: ValidationError, *, prefix: str = "", model: type[BaseModel] = BenchConfig
+    err: ValidationError,
+    *,
+    prefix: str = "",
+    model: type[BaseModel] = BenchConfig,
+    unknown: str = "unknown key",
 ) -> str:
     """One line for all of pydantic's errors, each naming its key (``scenarios[0].model``)."""
     parts = []
@@ -423,7 +474,7 @@ def format_validation_error(
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc)
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-            parts.append(f"{key}: unknown key{hint}")
+            parts.append(f"{key}: {unknown}{hint}")
             continue
         msg = str(e["msg"]).removeprefix("Value error, ")
         got = e.get("input")
@@ -438,12 +489,87 @@ def parse_config(data: Any, *, source: str = "config") -> BenchConfig:
         raise BenchConfigError(
             f"{source}: expected a mapping at the top level, got {type(data).__name__}"
         )
+    bad = _non_finite(data)
+    if bad is not None:
+        key, value = bad
+        raise BenchConfigError(
+            f"{source}: {key or '<config>'}: expected a finite number, got {value!r} (NaN and "
+            "infinity have no meaning in a benchmark config)"
+        )
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as e:
         raise BenchConfigError(f"{source}: {format_validation_error(e)}") from None
     except BenchConfigError as e:
         raise BenchConfigError(f"{source}: {e}") from None
+    except RecursionError:
+        raise BenchConfigError(
+            f"{source}: the config refers to itself (a YAML alias loop)"
+        ) from None
+
+
+def _non_finite(data: Any) -> tuple[str, float] | None:
+    """The key path and value of the first NaN or ±infinity in plain config data, if any.
+
+    Shared sub-objects (YAML aliases) are visited once, so alias loops and alias bombs end.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return where, value
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            items = [(f"{where}.{k}" if where else str(k), v) for k, v in value.items()]
+        else:
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+        stack.extend(reversed(items))
+    return None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key listed twice in one mapping is an error.
+
+    Plain PyYAML keeps the last value silently, so ``mad: ...`` written twice would drop a sweep.
+    Merge keys (``<<: *base``) still override as YAML specifies.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if line is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first at line {line})",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _json_object_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise BenchConfigError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
 
 
 def read_config_file(path: str | Path) -> Any:
@@ -458,8 +584,10 @@ def read_config_file(path: str | Path) -> Any:
         if suffix == ".toml":
             return tomllib.loads(text)
         if suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
+            return json.loads(text, object_pairs_hook=_json_object_no_duplicates)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except BenchConfigError as e:
+        raise BenchConfigError(f"{p}: not valid JSON ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise BenchConfigError(f"{p}: not valid TOML ({e})") from None
     except json.JSONDecodeError as e:
@@ -469,6 +597,8 @@ def read_config_file(path: str | Path) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or type(e).__name__
         raise BenchConfigError(f"{p}: not valid YAML ({problem}{where})") from None
+    except (RecursionError, ValueError, OverflowError) as e:  # e.g. an absurdly nested document
+        raise BenchConfigError(f"{p}: cannot read the config ({type(e).__name__})") from None
 
 
 def load_config(source: str | Path) -> BenchConfig:
