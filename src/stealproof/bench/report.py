@@ -1,12 +1,17 @@
 """``report.md``, ``results.csv`` and ``tradeoff_*.png`` from result rows only.
 
-Rows are grouped by (scenario, attack, budget). For each group and each defense, the thief's
-error (100 − clone accuracy, in %) is interpolated on the defense's sweep
+Rows are grouped by (scenario, attack, budget). A defense's settings split into *knob paths*
+(:func:`knob_paths`): the knob is the first numeric parameter that varies, and every fixed
+combination of the other varying parameters is its own curve — GRAD²'s ``target=all_ones`` and
+``target=min_ip, preserve_argmax=True`` sweeps are two curves, never one. Along each curve the
+thief's error (100 − clone accuracy, in %) is interpolated
 (:func:`stealproof.metrics.thief_error_at_defender_cost` and
 :func:`~stealproof.metrics.thief_error_at_distortion`) at +1/+2/+5 points of defender error and
-at mean L1 0.1/0.2/0.5 of the thief's answers. Each seed's sweep starts at that seed's undefended
-(``none``) point; the table shows the mean over the seeds whose sweep reaches the point, and "–"
-where none does.
+at mean L1 0.1/0.2/0.5 of the thief's answers. Each seed's curve starts at that seed's undefended
+(``none``) point; the table shows the mean over the seeds whose curve reaches the point, and "–"
+where none does. The *strongest setting* of a curve is the one with the highest thief error
+among the settings that cost the defender at most the largest cost column (+5 points).
+A metric recorded as null (not measured, or not finite) is left out of every mean.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from stealproof import metrics
+from stealproof._io import atomic_target, check_output_dir, write_text_atomic
 from stealproof.bench.config import attack_label
-from stealproof.bench.store import CSV_NAME, ResultStore, write_csv, write_text_atomic
+from stealproof.bench.store import CSV_NAME, ResultsFileError, ResultStore, write_csv
 from stealproof.fingerprint import canonical_json
 
 Row = Mapping[str, Any]
@@ -100,22 +106,144 @@ def knob_order(settings: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
     return sorted(settings, key=lambda s: [_sortable(s.get(k)) for k in varying])
 
 
-def thief_errors(group: Group, defense: str, field: str) -> dict[str, float]:
-    """Thief error (%) at the cost and L1 points for one defense, mean over seeds."""
+#: Keys of a defense config that never define a curve (the cell's seed follows the row's seed).
+_NOT_A_KNOB = frozenset({"seed"})
+
+
+def effective_setting(row: Row) -> dict[str, Any]:
+    """The row's setting with defaults filled in (its ``defense_config`` less the seed).
+
+    ``{eps: 1.0}`` and ``{eps: 2.0, preserve_argmax: true}`` then differ in ``preserve_argmax``
+    even though the first does not name it. Rows without a config fall back to ``params``.
+    """
+    cfg = row.get("defense_config")
+    if not isinstance(cfg, Mapping):
+        return dict(row["params"])
+    out = {k: v for k, v in cfg.items() if k not in _NOT_A_KNOB}
+    out.update({k: v for k, v in row["params"].items() if k in _NOT_A_KNOB})
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One knob path of a defense: its settings in knob order, the other parameters fixed."""
+
+    defense: str
+    knob: str | None
+    fixed: Mapping[str, Any]
+    settings: tuple[Mapping[str, Any], ...]
+
+    @property
+    def label(self) -> str:
+        """``target=min_ip, preserve_argmax=True`` (``–`` when the defense has one curve)."""
+        return setting_text(self.fixed)
+
+    def holds(self, row: Row) -> bool:
+        """True when the row's setting is one of this curve's."""
+        key = setting_key(row["params"])
+        return any(setting_key(s) == key for s in self.settings)
+
+
+def knob_paths(rows: Sequence[Row], defense: str) -> list[Curve]:
+    """The defense's settings split into curves along one knob (see the module doc).
+
+    The knob is the first numeric parameter (in the order the settings name them) whose value
+    varies; each combination of the other varying parameters is one curve, in order of first
+    appearance. A defense with no numeric knob gets one single-point curve per setting.
+    """
+    params: dict[str, Mapping[str, Any]] = {}
+    effective: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["defense"] != defense:
+            continue
+        k = setting_key(r["params"])
+        if k not in params:
+            params[k] = r["params"]
+            effective[k] = effective_setting(r)
+    if not params:
+        return []
+    order = list(dict.fromkeys([*(k for p in params.values() for k in p)]))
+    order += [k for e in effective.values() for k in e if k not in order]
+    missing = object()
+    varying = [
+        k
+        for k in order
+        if len({canonical_json(e.get(k)) if k in e else "\0" for e in effective.values()}) > 1
+    ]
+    numeric = [k for k in varying if all(_is_number(e.get(k, missing)) for e in effective.values())]
+    knob = numeric[0] if numeric else None
+    curves: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for k, e in effective.items():
+        if knob is None:
+            fixed = {v: e.get(v) for v in varying}
+        else:
+            fixed = {v: e.get(v) for v in varying if v != knob}
+        curves.setdefault(canonical_json(fixed), (fixed, []))[1].append(k)
+    out = []
+    for fixed, keys in curves.values():
+        settings = sorted(
+            (params[k] for k in keys),
+            key=lambda p: _sortable(effective[setting_key(p)].get(knob)) if knob else (0, 0.0, ""),
+        )
+        out.append(Curve(defense, knob, fixed, tuple(settings)))
+    return out
+
+
+def _usable(r: Row, *fields: str) -> bool:
+    """True when each field is a finite number (null = not measured or not finite)."""
+    for f in fields:
+        v = r.get(f)
+        if v is None or not _is_number(v) or not math.isfinite(float(v)):
+            return False
+    return True
+
+
+def thief_errors(
+    group: Group, defense: str, field: str, curve: Curve | None = None
+) -> dict[str, float]:
+    """Thief error (%) at the cost and L1 points along one curve, mean over seeds.
+
+    ``curve`` defaults to the defense's only curve; a defense with several curves needs one.
+    """
+    if curve is None:
+        curves = knob_paths(group.rows, defense)
+        if len(curves) > 1:
+            raise ValueError(f"thief_errors: {defense} has {len(curves)} knob paths; pick one")
+        curve = curves[0] if curves else Curve(defense, None, {}, ())
     per_point: dict[str, list[float]] = {}
     for seed in group.seeds:
-        mine = [r for r in group.of(defense) if r["seed"] == seed and r.get(field) is not None]
+        mine = [
+            r
+            for r in group.of(defense)
+            if r["seed"] == seed and curve.holds(r) and _usable(r, field, "defender_acc")
+        ]
         if not mine:
             continue
-        base = [r for r in group.of("none") if r["seed"] == seed and r.get(field) is not None]
-        undefended = float(base[0]["defender_acc"]) if base else float(mine[0]["victim_acc"])
+        base = [
+            r
+            for r in group.of("none")
+            if r["seed"] == seed and _usable(r, field, "defender_acc", "l1_queries")
+        ]
+        if base:
+            undefended = float(base[0]["defender_acc"])
+        elif _usable(mine[0], "victim_acc"):
+            undefended = float(mine[0]["victim_acc"])
+        else:
+            continue
         points = ([base[0]] if base and defense != "none" else []) + mine
         accs = [float(r[field]) for r in points]
         at_cost = metrics.thief_error_at_defender_cost(
             [float(r["defender_acc"]) for r in points], accs, undefended, COST_POINTS
         )
+        with_l1 = [r for r in points if _usable(r, "l1_queries")]
         at_l1 = metrics.thief_error_at_distortion(
-            [float(r["l1_queries"]) for r in points], accs, L1_POINTS
+            [float(r["l1_queries"]) for r in with_l1],
+            [float(r[field]) for r in with_l1],
+            L1_POINTS,
         )
         for p, v in at_cost.items():
             per_point.setdefault(f"+{p:g} pt", []).append(v)
@@ -139,16 +267,14 @@ class SettingMean:
     seeds: int
 
 
-def setting_means(group: Group, defense: str) -> list[SettingMean]:
-    """The defense's settings in knob order, each averaged over seeds."""
+def setting_means(group: Group, defense: str, curve: Curve | None = None) -> list[SettingMean]:
+    """The settings of one curve (default: every curve in turn) in knob order, seed means."""
     by_key: dict[str, list[Row]] = {}
-    params: dict[str, Mapping[str, Any]] = {}
     for r in group.of(defense):
-        k = setting_key(r["params"])
-        by_key.setdefault(k, []).append(r)
-        params[k] = r["params"]
+        by_key.setdefault(setting_key(r["params"]), []).append(r)
+    curves = [curve] if curve is not None else knob_paths(group.rows, defense)
     out = []
-    for p in knob_order(list(params.values())):
+    for p in (s for c in curves for s in c.settings):
         rs = by_key[setting_key(p)]
         out.append(
             SettingMean(
@@ -187,27 +313,64 @@ def _has(group: Group, field: str) -> bool:
     return any(r.get(field) is not None for r in group.rows)
 
 
+def undefended_acc(group: Group) -> float:
+    """The defender's undefended accuracy: mean over the ``none`` rows (else the victim's)."""
+    none = mean(r.get("defender_acc") for r in group.of("none"))
+    return none if not math.isnan(none) else mean(r.get("victim_acc") for r in group.rows)
+
+
+def strongest_setting(
+    group: Group, curve: Curve, max_cost: float = COST_POINTS[-1]
+) -> SettingMean | None:
+    """The curve's setting with the lowest clone accuracy among those within ``max_cost``.
+
+    ``max_cost`` is in points of defender accuracy lost against :func:`undefended_acc`; a
+    setting that costs more (MAD past its accuracy cliff) is never the strongest. None when no
+    setting qualifies.
+    """
+    base = undefended_acc(group)
+    if math.isnan(base):
+        return None
+    ok = [
+        m
+        for m in setting_means(group, curve.defense, curve)
+        if not math.isnan(m.defender_acc)
+        and not math.isnan(m.clone_acc)
+        and 100.0 * (base - m.defender_acc) <= max_cost + 1e-9
+    ]
+    if not ok:
+        return None
+    return min(ok, key=lambda m: (m.clone_acc, base - m.defender_acc))
+
+
 def _thief_table(group: Group, field: str, with_strongest: bool) -> list[str]:
-    header = ["defense", "settings"]
+    header = ["defense", "knob path", "settings"]
     header += [f"at +{p:g} pt" for p in COST_POINTS] + [f"at L1 {p:g}" for p in L1_POINTS]
+    cost = COST_POINTS[-1]
     if with_strongest:
-        header += ["strongest setting", "clone acc", "label-only clone acc"]
+        header += [f"strongest within +{cost:g} pt", "clone acc", "label-only clone acc"]
     body = []
     for d in group.defenses:
-        errs = thief_errors(group, d, field)
-        means = setting_means(group, d)
-        line = [f"`{d}`", str(len(means)), *(_num(v) for v in errs.values())]
-        if with_strongest:
-            strongest = max(means, key=lambda m: -1.0 if math.isnan(m.l1) else m.l1)
-            line += [
-                setting_text(strongest.params),
-                _pct(strongest.clone_acc),
-                _pct(strongest.label_only_acc),
+        for curve in knob_paths(group.rows, d):
+            errs = thief_errors(group, d, field, curve)
+            knob = f"{curve.knob} ({curve.label})" if curve.knob and curve.fixed else curve.knob
+            line = [
+                f"`{d}`",
+                knob or curve.label,
+                str(len(curve.settings)),
+                *(_num(v) for v in errs.values()),
             ]
-        body.append(line)
-    align = "ll" + "r" * (len(header) - 2)
+            if with_strongest:
+                best = strongest_setting(group, curve, cost)
+                line += (
+                    [setting_text(best.params), _pct(best.clone_acc), _pct(best.label_only_acc)]
+                    if best is not None
+                    else ["–", "–", "–"]
+                )
+            body.append(line)
+    align = "lll" + "r" * (len(header) - 3)
     if with_strongest:
-        align = "ll" + "r" * 6 + "lrr"
+        align = "lll" + "r" * 6 + "lrr"
     return _table(header, body, align)
 
 
@@ -232,12 +395,15 @@ def render_markdown(rows: Sequence[Row]) -> str:
         f"Built from `results.jsonl`: {len(rows)} cells, stealproof {', '.join(versions) or '?'}.",
         "",
         "How to read it: the *thief error* is 100 − the clone's accuracy on the victim's test set "
-        "(%), so higher is better for the defender. *at +N pt* interpolates it on each "
-        "defense's sweep where the defender has lost N points of accuracy against the "
-        "undefended victim; *at L1 x* where the thief's answers are distorted by a mean L1 of x. "
-        "Every sweep starts at the undefended (`none`) point of the same seed; values are means "
-        "over seeds, and – means the sweep does not reach that point. The *strongest setting* "
-        "is the one with the largest mean L1 distortion.",
+        "(%), so higher is better for the defender. Each defense's settings form one curve per "
+        "*knob path* (the knob swept, the other parameters fixed). *at +N pt* interpolates the "
+        "thief error along a curve where the defender has lost N points of accuracy against "
+        "the undefended victim; *at L1 x* where the thief's answers are distorted by a mean L1 "
+        "of x. Every curve starts at the undefended (`none`) point of the same seed; values are "
+        "means over seeds, and – means the curve does not reach that point. The *strongest "
+        f"setting* is the one with the highest thief error among the settings that cost the "
+        f"defender at most {COST_POINTS[-1]:g} points (– when none does). Null metrics (not "
+        "measured, or not finite) are left out of the means.",
     ]
     if not rows:
         lines += ["", "No results yet."]
@@ -311,39 +477,40 @@ def write_plots(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
         for d in g.defenses:
             if d == "none":
                 continue
-            ms = ([start] if start is not None else []) + setting_means(g, d)
-            curves.append(
-                TradeoffCurve(
-                    name=d,
-                    defender_acc=[m.defender_acc for m in ms],
-                    l1=[m.l1 for m in ms],
-                    clone_acc=[None if math.isnan(m.clone_acc) else m.clone_acc for m in ms],
-                    label_only_acc=[
-                        None if math.isnan(m.label_only_acc) else m.label_only_acc for m in ms
-                    ],
-                )
-            )
+            paths_d = knob_paths(g.rows, d)
+            for curve in paths_d:
+                ms = ([start] if start is not None else []) + setting_means(g, d, curve)
+                name = d if len(paths_d) == 1 else f"{d} ({curve.label})"
+                curves.append(_tradeoff_curve(TradeoffCurve, name, ms))
         undefended = None
         if start is not None:
-            undefended = TradeoffCurve(
-                name="none",
-                defender_acc=[start.defender_acc],
-                l1=[start.l1],
-                clone_acc=[None if math.isnan(start.clone_acc) else start.clone_acc],
-                label_only_acc=[None if math.isnan(start.label_only_acc) else start.label_only_acc],
-            )
+            undefended = _tradeoff_curve(TradeoffCurve, "none", [start])
         r0 = g.rows[0]
         title = (
             f"{g.scenario} ({r0['model']} on {r0['dataset']}): {g.attack}, {g.budget} queries "
             f"from {r0['pool']}, seed{'s' if len(g.seeds) > 1 else ''} "
             f"{', '.join(str(s) for s in g.seeds)}"
         )
-        paths.append(
-            tradeoff_curves(
-                curves, title=title, path=out / plot_name(g, groups), undefended=undefended
-            )
-        )
+        target = out / plot_name(g, groups)
+        with atomic_target(target) as tmp:
+            tradeoff_curves(curves, title=title, path=tmp, undefended=undefended)
+        paths.append(target)
     return paths
+
+
+def _tradeoff_curve(cls: Any, name: str, ms: Sequence[SettingMean]) -> Any:
+    """A plot curve from setting means (NaN becomes a gap)."""
+
+    def opt(v: float) -> float | None:
+        return None if math.isnan(v) else v
+
+    return cls(
+        name=name,
+        defender_acc=[m.defender_acc for m in ms],
+        l1=[m.l1 for m in ms],
+        clone_acc=[opt(m.clone_acc) for m in ms],
+        label_only_acc=[opt(m.label_only_acc) for m in ms],
+    )
 
 
 @dataclass(frozen=True)
@@ -357,12 +524,21 @@ class Outputs:
 
 
 def write_outputs(out_dir: str | Path) -> Outputs:
-    """Rebuild ``results.csv``, ``report.md`` and the plots from ``results.jsonl`` alone."""
+    """Rebuild ``results.csv``, ``report.md`` and the plots from ``results.jsonl`` alone.
+
+    Refuses (``ResultsFileError``) a missing or empty results file and a file with a line
+    that is not a result row, before writing anything. Every file goes through a rename.
+    """
     out = Path(out_dir)
     store = ResultStore(out)
     if not store.path.is_file():
-        raise FileNotFoundError(f"{store.path}: no results here (run `stealproof bench run`)")
+        raise ResultsFileError(f"{store.path}: no results here (run `stealproof bench run`)")
     rows = store.rows()
+    if not rows:
+        raise ResultsFileError(
+            f"{store.path}: holds no result rows (run `stealproof bench run` into {out})"
+        )
+    check_output_dir(out, "DIR")
     csv_path = write_csv(rows, out / CSV_NAME)
     report = write_text_atomic(out / REPORT, render_markdown(rows))
     plots = write_plots(rows, out)

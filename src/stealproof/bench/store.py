@@ -3,16 +3,32 @@
 Each row is written with one ``write`` followed by ``flush`` and ``fsync``, so a run killed at
 any moment leaves whole rows behind (at worst a torn last line, which :meth:`ResultStore.open`
 cuts off). Rows are keyed by the cell's ``config_hash``; a re-run skips the hashes it finds.
+When a cell has several rows (``bench run --rerun-stale`` re-ran a cell whose row another
+package version made), the row appended last supersedes the earlier ones; the file keeps them.
+
+Rows are strict JSON: a metric that came out NaN or ±infinity is written as ``null`` (as is a
+metric the cell does not measure, e.g. the label-only clone when only the soft-label clone was
+trained), with a logged warning naming the field. Every row records the package ``version``
+that made it. A line that is not a result row (hand-edited, another file) is refused with a
+:class:`ResultsFileError` naming the line: results are never dropped or kept silently.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from stealproof._io import write_atomic
+from stealproof._io import write_text_atomic as _write_text_atomic
+from stealproof.errors import DataFileError
+
+log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 CSV_NAME = "results.csv"
@@ -50,6 +66,84 @@ ROW_FIELDS: tuple[str, ...] = (
 #: Fields that legitimately differ between two runs of the same cell (timing, machine).
 VOLATILE_FIELDS: frozenset[str] = frozenset({"wall_time", "host"})
 
+#: Fields every row must have, with their JSON types (what the report and a re-run read).
+REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
+    "config_hash": (str,),
+    "scenario": (str,),
+    "attack": (str,),
+    "attack_params": (dict,),
+    "defense": (str,),
+    "params": (dict,),
+    "seed": (int,),
+    "budget": (int,),
+}
+
+#: Numeric fields: a number or null (null: not measured, or not finite when it was computed).
+METRIC_FIELDS: tuple[str, ...] = (
+    "queries_used",
+    "victim_acc",
+    "defender_acc",
+    "l1_queries",
+    "kl_queries",
+    "l1_test",
+    "kl_test",
+    "clone_acc",
+    "clone_fidelity",
+    "label_only_clone_acc",
+    "label_only_clone_fidelity",
+    "wall_time",
+)
+
+FIX_HINT = "delete or fix that line, or move the file away to start over"
+
+
+class ResultsFileError(DataFileError):
+    """``results.jsonl`` holds something that is not a result row; the message names the line."""
+
+
+def row_version(row: Mapping[str, Any]) -> str:
+    """The package version that made a row (``unknown`` for rows that do not say)."""
+    v = row.get("version")
+    return v if isinstance(v, str) and v else "unknown"
+
+
+def _strict(value: Any, where: str, bad: list[str]) -> Any:
+    """``value`` with every non-finite float replaced by None (their keys collected in bad)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(where)
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v, f"{where}.{k}" if where else str(k), bad) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v, f"{where}[{i}]", bad) for i, v in enumerate(value)]
+    return value
+
+
+def strict_row(row: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The row as strict JSON data (NaN/±inf → None) and the keys that were not finite."""
+    bad: list[str] = []
+    clean = _strict(dict(row), "", bad)
+    assert isinstance(clean, dict)
+    return clean, bad
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` is not a result row (missing or ill-typed fields), or None."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    missing = [k for k in REQUIRED_FIELDS if k not in row]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for k, types in REQUIRED_FIELDS.items():
+        v = row[k]
+        if not isinstance(v, types) or isinstance(v, bool):
+            return f"{k}: expected {types[0].__name__}, got {v!r}"
+    for k in METRIC_FIELDS:
+        v = row.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            return f"{k}: expected a number or null, got {v!r}"
+    return None
+
 
 def stable_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """The row without its :data:`VOLATILE_FIELDS` (what must be identical across backends)."""
@@ -77,33 +171,71 @@ class ResultStore:
         return self
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every complete row, first occurrence per ``config_hash``, in file order."""
+        """One row per ``config_hash`` (the last one appended), in order of first appearance.
+
+        Raises :class:`ResultsFileError` naming the first line that is not a result row. An
+        unterminated last line (a run killed while writing it) is left out with a warning; the
+        next run cuts it off and runs that cell again.
+        """
+        return list(self.index().values())
+
+    def index(self) -> dict[str, dict[str, Any]]:
+        """The rows of :meth:`rows` by ``config_hash``."""
         if not self.path.exists():
-            return []
-        out: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        with self.path.open(encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n") or not line.strip():
-                    continue  # a torn or empty line: the cell did not finish
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                key = row.get("config_hash") if isinstance(row, dict) else None
-                if not isinstance(key, str) or key in seen:
-                    continue
-                seen.add(key)
-                out.append(row)
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            f = self.path.open(encoding="utf-8", newline="")
+            with f:
+                for n, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    if not line.endswith("\n"):
+                        log.warning(
+                            "%s: line %d is incomplete (a run killed while writing it); "
+                            "ignored, the next run re-runs that cell",
+                            self.path,
+                            n,
+                        )
+                        continue
+                    row = self._parse(line, n)
+                    out[row["config_hash"]] = row
+        except UnicodeDecodeError:
+            raise ResultsFileError(
+                f"{self.path}: not a text file of result rows (invalid UTF-8); {FIX_HINT}"
+            ) from None
         return out
+
+    def _parse(self, line: str, n: int) -> dict[str, Any]:
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise ResultsFileError(
+                f"{self.path}: line {n} is not a result row (not JSON: {why}); {FIX_HINT}"
+            ) from None
+        problem = row_problem(row)
+        if problem is not None:
+            raise ResultsFileError(
+                f"{self.path}: line {n} is not a result row ({problem}); {FIX_HINT}"
+            )
+        clean, _ = strict_row(row)  # rows written before strict JSON may hold NaN
+        return clean
 
     def finished(self) -> set[str]:
         """Hashes of the cells that have a row."""
-        return {r["config_hash"] for r in self.rows()}
+        return set(self.index())
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Append one row and force it to disk before returning."""
-        line = json.dumps(dict(row), allow_nan=True) + "\n"
+        """Append one row (strict JSON) and force it to disk before returning."""
+        clean, bad = strict_row(row)
+        if bad:
+            log.warning(
+                "cell %s: %s not finite; recorded as null",
+                clean.get("config_hash"),
+                ", ".join(bad),
+            )
+        line = json.dumps(clean, allow_nan=False) + "\n"
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line)
@@ -124,23 +256,20 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     for r in rows:
         extra.extend(k for k in r if k not in ROW_FIELDS and k not in extra)
     fields = [*ROW_FIELDS, *extra]
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: _csv_value(r.get(k)) for k in fields})
-    os.replace(tmp, p)
-    return p
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: _csv_value(r.get(k)) for k in fields})
+
+    return write_atomic(p, write)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return _write_text_atomic(path, text)
 
 
 def index_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
