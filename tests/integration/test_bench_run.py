@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
+from stealproof.bench.cache import ArtifactCache
 from stealproof.bench.config import expand, load_config
-from stealproof.bench.runner import execute, plan_run
+from stealproof.bench.ray_backend import run_cell_task
+from stealproof.bench.runner import Workspace, cache_dir, execute, plan_run
 from stealproof.bench.store import ROW_FIELDS, ResultStore, stable_view
 from stealproof.cli import app
 
@@ -186,3 +190,50 @@ def test_ray_backend_gives_the_serial_rows(
     assert summary.ran == CELLS and summary.skipped == 0
     assert len(streamed) == CELLS == count_rows(out)
     assert stable_rows(out) == stable_rows(serial_run)
+
+
+def test_ctrl_c_keeps_the_finished_cells_and_says_how_to_resume(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-c", "from stealproof.cli import main; main()"]
+    args = ["bench", "run", str(tiny_config), "--out", str(out), "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(
+        [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while count_rows(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = count_rows(out)
+    assert proc.returncode == 130, err
+    assert f"interrupted: {done} of {CELLS} cells finished" in err, err
+    assert "resume" in err and "Traceback" not in err
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_task_without_the_drivers_cache_gives_the_same_row(
+    tiny_config: Path, serial_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Ray task body on a host that cannot see DIR/cache: a private copy, removed after
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ws = Workspace(ArtifactCache(cache_dir(serial_run)))
+    cell = next(c for c in expand(load_config(tiny_config)) if c.defense == "mad")
+    bkey = ws.bundle_key(cell)
+    assert bkey is not None
+    row = run_cell_task(
+        cell.model_dump(mode="json"),
+        str(tmp_path / "not-this-host"),
+        ws.cache.victim_files(ws.victim_key(cell)),
+        ws.cache.defense_files(bkey),
+        1,
+        None,
+    )
+    assert stable_view(row) == stable_rows(serial_run)[cell.cell_hash()]
+    assert list(tmp_path.iterdir()) == []  # the private directory is gone

@@ -1,55 +1,94 @@
-"""On-disk cache of trained victims and defense models, keyed by the hash of their config.
+"""On-disk cache of trained victims and defense models, keyed by everything that shapes them.
 
 Layout under ``DIR/cache/``::
 
-    victims/<key>.pt                     a checkpoint (weights + spec + test accuracy)
+    victims/<key>.pt                     a checkpoint (weights, spec, test accuracy, stamp)
     defenses/<key>/manifest.json         defense name, the config fields that built the models,
-    defenses/<key>/<role>.pt             and one checkpoint per model (surrogate, scorer, ...)
+    defenses/<key>/<role>.pt             the stamp, and one checkpoint per model it names
 
-A victim's key hashes (dataset, model, training config, seed); a defense bundle's key hashes the
-victim's key, the defense name and the config fields its ``prepare()`` reads
-(``Defense.prepare_params``) — so a sweep over a knob shares one bundle. Every write goes to a
-temporary name and is renamed into place, so concurrent writers never expose a partial file.
+A victim's key hashes (dataset name, a fingerprint of the dataset's contents, model, training
+config, seed). A defense bundle's key hashes the victim's key, the defense name, the config
+fields its ``prepare()`` reads (``Defense.prepare_params``), the seed of the global RNG around
+``prepare()`` and a fingerprint of the query sample it was given (the defender's log of earlier
+queries, drawn from the cell's thief pool) — so a sweep over a knob shares one bundle, and two
+scenarios with different pools never do.
+
+Every entry records a stamp (:func:`stealproof.fingerprint.make_stamp`): the fingerprint of the
+victim (for a victim entry, of its own weights), a hash of its key content and the package
+version; a defense manifest also records each model's fingerprint. An entry whose stamp does not
+match (corrupt, hand-edited, made by another version, put under the wrong name) is never used:
+:func:`~stealproof.bench.runner.prepare_artifacts` logs a warning and rebuilds it, and loading
+one anyway raises :class:`~stealproof.errors.ArtifactMismatchError` naming both stamps. Files a
+manifest does not name (``backup.pt``) are ignored. Every write goes to a temporary name and is
+renamed into place, so a crash or a concurrent writer never exposes a partial file.
 Cached models are rebuilt with ``cls(config, **models)``, exactly what ``replace()`` does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
-import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import Progress
-from torch import nn
+from torch import Tensor, nn
 
+import stealproof
+from stealproof._io import atomic_target, tmp_name, write_text_atomic
 from stealproof.data.datasets import Dataset
 from stealproof.defenses.base import Defense
-from stealproof.errors import StealproofError
+from stealproof.errors import ArtifactMismatchError, StealproofError
 from stealproof.experiment import Scenario, train_victim
-from stealproof.fingerprint import stable_hash
+from stealproof.fingerprint import check_stamp, make_stamp, model_fingerprint, stable_hash
 from stealproof.models.base import Classifier
 from stealproof.models.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+REBUILD_HINT = "the benchmark rebuilds it (or delete the cache entry)"
 
 
 class CacheError(StealproofError):
     """A cache entry cannot be written or read."""
 
 
-def victim_key(spec: Scenario, seed: int) -> str:
-    """Key of the victim a scenario trains with ``seed``."""
-    return stable_hash(
-        {
-            "kind": "victim",
-            "dataset": spec.dataset,
-            "model": spec.model,
-            "training": spec.victim_training.model_dump(mode="json"),
-            "seed": seed,
-        }
-    )[:32]
+def tensor_fingerprint(*tensors: Tensor) -> str:
+    """SHA-256 (first 32 hex digits) of tensors' dtypes, shapes and bytes, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        c = t.detach().cpu().contiguous()
+        h.update(f"{c.dtype}{tuple(c.shape)}".encode())
+        h.update(c.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """Fingerprint of what a victim learns from and is scored on (train and test splits)."""
+    return tensor_fingerprint(ds.train.images, ds.train.labels, ds.test.images, ds.test.labels)
+
+
+def victim_key_content(spec: Scenario, seed: int, data: str) -> dict[str, Any]:
+    """Everything that shapes a victim: dataset (name and contents), model, training, seed."""
+    return {
+        "kind": "victim",
+        "dataset": spec.dataset,
+        "data": data,
+        "model": spec.model,
+        "training": spec.victim_training.model_dump(mode="json"),
+        "seed": seed,
+    }
+
+
+def victim_key(spec: Scenario, seed: int, data: str) -> str:
+    """Key of the victim a scenario trains with ``seed`` on data with fingerprint ``data``."""
+    return stable_hash(victim_key_content(spec, seed, data))[:32]
 
 
 def builds_models(cls: type[Defense]) -> bool:
@@ -57,17 +96,51 @@ def builds_models(cls: type[Defense]) -> bool:
     return getattr(cls.prepare, "__func__", None) is not getattr(Defense.prepare, "__func__", None)
 
 
-def defense_key(vkey: str, cls: type[Defense], defense_config: dict[str, Any]) -> str:
-    """Key of the models ``cls.prepare`` builds for victim ``vkey`` with this config."""
+def defense_key_content(
+    vkey: str,
+    cls: type[Defense],
+    defense_config: Mapping[str, Any],
+    *,
+    query: str | None,
+    seed: int,
+) -> dict[str, Any]:
+    """Everything that shapes the models ``cls.prepare`` builds.
+
+    ``vkey`` covers the victim and the defender's training images; ``query`` is the fingerprint
+    of the query sample handed to ``prepare`` (``None``: none); ``seed`` seeds the global RNG
+    around ``prepare``.
+    """
     fields = cls.prepare_params
     used = {k: v for k, v in sorted(defense_config.items()) if fields is None or k in fields}
-    return stable_hash({"kind": "defense", "victim": vkey, "defense": cls.name, "params": used})[
-        :32
-    ]
+    return {
+        "kind": "defense",
+        "victim": vkey,
+        "defense": cls.name,
+        "params": used,
+        "query_sample": query,
+        "seed": seed,
+    }
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+def defense_key(
+    vkey: str,
+    cls: type[Defense],
+    defense_config: Mapping[str, Any],
+    *,
+    query: str | None,
+    seed: int,
+) -> str:
+    """Key of the models ``cls.prepare`` builds (see :func:`defense_key_content`)."""
+    return stable_hash(defense_key_content(vkey, cls, defense_config, query=query, seed=seed))[:32]
+
+
+def expected_stamp(victim_fp: str, key: str) -> dict[str, str]:
+    """The stamp an entry stored under ``key`` must carry.
+
+    Its config hash is the key itself: both are the first 32 hex digits of the SHA-256 of the
+    key content, so an entry copied under another entry's name is caught too.
+    """
+    return {"victim": victim_fp, "config": key, "version": stealproof.__version__}
 
 
 def _is_frozen(model: nn.Module) -> bool:
@@ -86,7 +159,19 @@ class ArtifactCache:
         return self.root / "victims" / f"{key}.pt"
 
     def has_victim(self, key: str) -> bool:
-        return self.victim_path(key).is_file()
+        """True when a usable entry is stored under ``key`` (see :meth:`victim_problem`)."""
+        return self.victim_problem(key) is None
+
+    def victim_problem(self, key: str) -> str | None:
+        """Why the victim entry ``key`` cannot be used (``"missing"`` when absent), or None."""
+        path = self.victim_path(key)
+        if not path.is_file():
+            return "missing"
+        try:
+            self.load_victim(key)
+        except StealproofError as e:
+            return str(e)
+        return None
 
     def ensure_victim(
         self,
@@ -97,38 +182,65 @@ class ArtifactCache:
         device: torch.device | str | None = None,
         progress: Progress | None = None,
     ) -> str:
-        """Train and store the victim unless it is cached; return its key."""
-        key = victim_key(spec, seed)
-        if self.has_victim(key):
+        """Train and store the victim unless a valid entry is cached; return its key.
+
+        An entry that is present but unusable (stamp mismatch, corrupt file) is rebuilt, with a
+        logged warning that says why.
+        """
+        content = victim_key_content(spec, seed, data_fingerprint(dataset))
+        key = stable_hash(content)[:32]
+        problem = self.victim_problem(key)
+        if problem is None:
             return key
+        if problem != "missing":
+            log.warning("cache: %s; rebuilding it", problem)
         victim, acc = train_victim(
             dataset, spec.model, spec.victim_training, seed=seed, device=device, progress=progress
         )
+        victim = victim.cpu()
         meta = {
             "dataset": spec.dataset,
             "model": spec.model,
             "seed": seed,
             "test_acc": acc,
             "training": spec.victim_training.model_dump(mode="json"),
+            "stamp": make_stamp(victim, content),
         }
-        path = self.victim_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_name(path)
-        save_checkpoint(victim.cpu(), tmp, meta)
-        os.replace(tmp, path)
+        with atomic_target(self.victim_path(key)) as tmp:
+            save_checkpoint(victim, tmp, meta)
         return key
 
     def load_victim(self, key: str) -> tuple[Classifier, dict[str, Any]]:
-        """The cached victim (eval mode, on CPU) and its metadata."""
-        return load_checkpoint(self.victim_path(key))
+        """The cached victim (eval mode, on CPU) and its metadata, its stamp checked."""
+        path = self.victim_path(key)
+        model, meta = load_checkpoint(path)
+        stamp = meta.get("stamp")
+        check_stamp(
+            stamp,
+            expected_stamp(model_fingerprint(model), key),
+            f"cached victim {path}",
+            hint=REBUILD_HINT,
+        )
+        return model, meta
 
     # ----------------------------------------------------------------- defense models
 
     def defense_dir(self, key: str) -> Path:
         return self.root / "defenses" / key
 
-    def has_defense(self, key: str) -> bool:
-        return (self.defense_dir(key) / "manifest.json").is_file()
+    def has_defense(self, key: str, victim_fp: str) -> bool:
+        """True when a usable bundle for the victim ``victim_fp`` is stored under ``key``."""
+        return self.defense_problem(key, victim_fp) is None
+
+    def defense_problem(self, key: str, victim_fp: str) -> str | None:
+        """Why the bundle ``key`` cannot be used (``"missing"`` when absent), or None."""
+        if not (self.defense_dir(key) / MANIFEST).is_file():
+            return "missing"
+        try:
+            self.load_defense_models(key, victim_fp)
+        except StealproofError as e:
+            return str(e)
+        return None
 
     def ensure_defense(
         self,
@@ -136,18 +248,31 @@ class ArtifactCache:
         cls: type[Defense],
         defense_config: dict[str, Any],
         victim: nn.Module,
-        images: torch.Tensor,
-        query_sample: torch.Tensor | None = None,
+        images: Tensor,
+        query_sample: Tensor | None = None,
+        *,
+        content: Mapping[str, Any] | None = None,
     ) -> None:
-        """Run ``cls.prepare`` and store the models it built, unless they are cached."""
-        if self.has_defense(key):
+        """Run ``cls.prepare`` and store the models it built, unless a valid bundle is cached.
+
+        ``content`` is the key content (:func:`defense_key_content`) recorded in the stamp; its
+        hash must be ``key``.
+        """
+        victim_fp = model_fingerprint(victim)
+        problem = self.defense_problem(key, victim_fp)
+        if problem is None:
             return
+        if problem != "missing":
+            log.warning("cache: %s; rebuilding it", problem)
+        if content is None or stable_hash(dict(content))[:32] != key:
+            raise CacheError(f"{cls.name}: the key content given does not hash to key {key}")
         defense = cls.prepare(victim, images, query_sample=query_sample, **defense_config)
         final = self.defense_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_name(final)
+        tmp = tmp_name(final)
         tmp.mkdir()
         roles: dict[str, str | None] = {}
+        prints: dict[str, str] = {}
         try:
             for role, value in defense.models().items():
                 if value is None:
@@ -158,36 +283,91 @@ class ArtifactCache:
                         f"{cls.name}: model {role!r} is not a stealproof Classifier and cannot "
                         "be cached"
                     )
-                save_checkpoint(
-                    value.cpu(), tmp / f"{role}.pt", {"role": role, "frozen": _is_frozen(value)}
-                )
+                model = value.cpu()
+                meta = {"role": role, "frozen": _is_frozen(model)}
+                save_checkpoint(model, tmp / f"{role}.pt", meta)
                 roles[role] = f"{role}.pt"
-            manifest = {"defense": cls.name, "config": defense_config, "models": roles}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not self.has_defense(key):  # another writer won the race: keep theirs
-                    raise
+                prints[role] = model_fingerprint(model)
+            manifest = {
+                "defense": cls.name,
+                "config": defense_config,
+                "models": roles,
+                "fingerprints": prints,
+                "stamp": make_stamp(victim_fp, dict(content)),
+            }
+            write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+            self._replace_dir(tmp, final, key, victim_fp)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def load_defense_models(self, key: str) -> dict[str, Any]:
-        """The cached models by constructor keyword (``None`` where the defense had none)."""
+    def _replace_dir(self, tmp: Path, final: Path, key: str, victim_fp: str) -> None:
+        """Rename the finished bundle ``tmp`` to ``final``, moving a stale one out of the way."""
+        if final.exists():
+            stale = tmp_name(final.with_name(final.name + "-stale"))
+            try:
+                os.rename(final, stale)
+            except OSError:
+                pass  # another writer moved or replaced it meanwhile
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not self.has_defense(key, victim_fp):  # another writer won the race: keep theirs
+                raise
+
+    def read_manifest(self, key: str) -> dict[str, Any]:
+        """The bundle's manifest, its shape checked (a ``CacheError`` names the problem)."""
+        path = self.defense_dir(key) / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CacheError(f"cached defense models {path}: unreadable ({e})") from None
+        models = manifest.get("models") if isinstance(manifest, dict) else None
+        prints = manifest.get("fingerprints") if isinstance(manifest, dict) else None
+        ok = (
+            isinstance(models, dict)
+            and isinstance(prints, dict)
+            and all(
+                isinstance(r, str)
+                and (n is None or (isinstance(n, str) and Path(n).name == n and r in prints))
+                for r, n in models.items()
+            )
+        )
+        if not ok:
+            raise CacheError(f"cached defense models {path}: not a bundle manifest")
+        assert isinstance(manifest, dict)
+        return manifest
+
+    def load_defense_models(self, key: str, victim_fp: str) -> dict[str, Any]:
+        """The cached models by constructor keyword (``None`` where the defense had none).
+
+        Refuses (``ArtifactMismatchError``) a bundle made for another victim, config or package
+        version, and a model file whose weights are not the ones the manifest recorded.
+        """
         from stealproof.surrogate import freeze
 
         d = self.defense_dir(key)
-        try:
-            manifest = json.loads((d / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CacheError(f"{d}: unreadable defense cache entry ({e})") from None
+        manifest = self.read_manifest(key)
+        check_stamp(
+            manifest.get("stamp"),
+            expected_stamp(victim_fp, key),
+            f"cached defense models {d}",
+            hint=REBUILD_HINT,
+        )
         models: dict[str, Any] = {}
         for role, name in manifest["models"].items():
             if name is None:
                 models[role] = None
                 continue
             model, meta = load_checkpoint(d / name)
+            got, want = model_fingerprint(model), manifest["fingerprints"][role]
+            if got != want:
+                raise ArtifactMismatchError(
+                    f"cached defense model {d / name}: has weights {got}, the manifest recorded "
+                    f"{want}; {REBUILD_HINT}"
+                )
             models[role] = freeze(model) if meta.get("frozen") else model.eval()
         return models
 
@@ -201,20 +381,19 @@ class ArtifactCache:
         return self.files([f"victims/{key}.pt"])
 
     def defense_files(self, key: str) -> dict[str, bytes]:
-        d = self.defense_dir(key)
-        rels = sorted(f"defenses/{key}/{p.name}" for p in d.iterdir() if p.is_file())
-        return self.files(rels)
+        """The manifest and the model files it names (nothing else in the directory)."""
+        manifest = self.read_manifest(key)
+        names = [MANIFEST, *(n for n in manifest["models"].values() if n is not None)]
+        return self.files([f"defenses/{key}/{n}" for n in sorted(names)])
 
     def materialize(self, files: dict[str, bytes]) -> None:
         """Write shipped files that are missing here (each through a temporary name).
 
         Manifests go last, so a reader that finds one also finds the models it lists.
         """
-        for rel, data in sorted(files.items(), key=lambda kv: kv[0].endswith("manifest.json")):
+        for rel, data in sorted(files.items(), key=lambda kv: kv[0].endswith(MANIFEST)):
             path = self.root / rel
             if path.is_file():
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _tmp_name(path)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            with atomic_target(path) as tmp:
+                tmp.write_bytes(data)

@@ -65,13 +65,29 @@ def run_cmd(
         ),
     ] = 1,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    rerun_stale: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-stale",
+            help="Re-run the finished cells whose rows another stealproof version made (the "
+            "new rows supersede them); by default they are reused, with a warning.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
 ) -> None:
-    """Run a benchmark grid; a re-run into the same --out finishes only the missing cells."""
+    """Run a benchmark grid; a re-run into the same --out finishes only the missing cells.
+
+    Everything is checked before any work: the backend, --device, --out (a writable
+    directory), the config and every dataset and pool it names. Ctrl-C stops the run; the
+    finished cells are kept and the same command resumes from them.
+    """
+    from stealproof import __version__
     from stealproof._cli_errors import err_console
+    from stealproof._device import resolve_device
+    from stealproof._io import check_output_dir
     from stealproof.bench.config import load_config
     from stealproof.bench.report import write_outputs
     from stealproof.bench.runner import BenchBackendError, execute, plan_run
@@ -83,25 +99,53 @@ def run_cmd(
         from stealproof.bench.ray_backend import import_ray
 
         import_ray()  # fail before any work when Ray is missing
+    dev = resolve_device(device, "--device")
+    check_output_dir(out, "--out")
     cfg = load_config(config)  # validates everything before any work
     _setup(threads if backend == "serial" else 0, quiet or as_json)  # Ray tasks set their own
-    plan = plan_run(cfg, out)
+    plan = plan_run(cfg, out, rerun_stale=rerun_stale)
     talk = not (quiet or as_json)
+    if plan.stale:
+        versions = ", ".join(plan.versions)
+        what = (
+            "re-running them (--rerun-stale)"
+            if rerun_stale
+            else "reusing them; pass --rerun-stale to re-run them"
+        )
+        err_console.print(
+            f"warning: {len(plan.stale)} finished cells in {out} have rows made by stealproof "
+            f"{versions} (this is {__version__}); {what}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if talk:
         msg = f"{cfg.name}: {len(plan.cells)} cells"
         if plan.skipped:
             msg += f", skipping {plan.skipped} finished cells"
         err_console.print(msg + f" ({backend})", highlight=False)
-    with progress_bar(quiet or as_json) as p:
-        summary = execute(
-            plan,
-            backend="ray" if backend == "ray" else "serial",
-            address=address,
-            workers=workers,
-            threads=threads or 1,
-            device=device,
-            progress=p,
+    ran: list[str] = []
+    try:
+        with progress_bar(quiet or as_json) as p:
+            summary = execute(
+                plan,
+                backend="ray" if backend == "ray" else "serial",
+                address=address,
+                workers=workers,
+                threads=threads or 1,
+                device=dev,
+                progress=p,
+                on_row=lambda row: ran.append(str(row.get("config_hash"))),
+            )
+    except KeyboardInterrupt:
+        done = plan.skipped + len(ran)
+        err_console.print(
+            f"interrupted: {done} of {len(plan.cells)} cells finished ({len(ran)} in this run) "
+            f"and are kept in {out / 'results.jsonl'}; re-run the same command (same --out) to "
+            "resume with the missing cells",
+            highlight=False,
+            soft_wrap=True,
         )
+        raise typer.Exit(130) from None
     outputs = write_outputs(out)
     if as_json:
         print(

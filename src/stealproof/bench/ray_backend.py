@@ -4,14 +4,20 @@ Install with ``pip install 'stealproof[ray]'``; Ray is imported only when this b
 The driver first trains every victim and defense model the pending cells need (into
 ``DIR/cache``, exactly as the serial backend does), then ships those cache files to the tasks
 through Ray's object store — so a task runs on any node of a cluster, needs no shared file
-system, and computes from the very same weights as a serial run. Each task sets torch's thread
+system, and computes from the very same weights as a serial run. A task that cannot see the
+driver's cache writes the files it was sent into a private directory of its own
+(``tempfile.mkdtemp``: mode 0700, a fresh name) and removes it when the cell is done; it never
+reads a fixed path that another run or user could have filled. Each task sets torch's thread
 count (``threads``, 1 by default) before it computes anything.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,7 +26,7 @@ import torch
 from rich.progress import Progress
 
 from stealproof import _progress
-from stealproof.bench.cache import ArtifactCache, victim_key
+from stealproof.bench.cache import ArtifactCache
 from stealproof.bench.config import Cell
 from stealproof.bench.runner import (
     BenchBackendError,
@@ -28,14 +34,14 @@ from stealproof.bench.runner import (
     RunPlan,
     Workspace,
     cache_dir,
-    defense_bundle_key,
     prepare_artifacts,
     run_cell,
 )
 from stealproof.bench.store import ResultStore
 
-#: One workspace per worker process and cache root: datasets and pools load once per worker.
-_WORKSPACES: dict[tuple[str, str | None], Workspace] = {}
+#: One workspace per worker process and device: datasets, pools and loaded models are kept
+#: across tasks (everything in it is keyed by content, so tasks of any run can share it).
+_WORKSPACES: dict[str | None, Workspace] = {}
 
 
 def import_ray() -> ModuleType:
@@ -49,12 +55,22 @@ def import_ray() -> ModuleType:
     return ray
 
 
-def _local_root(cache_root: str, files: dict[str, bytes]) -> Path:
-    """The driver's cache when this host sees it (same machine or shared disk), else a temp dir."""
+@contextmanager
+def task_cache(cache_root: str, files: dict[str, bytes]) -> Iterator[ArtifactCache]:
+    """The cache a task reads: the driver's when this host sees all the files it was sent
+    (same machine or shared disk), else a private temporary directory holding exactly those
+    files, removed when the task ends (also on error)."""
     root = Path(cache_root)
     if all((root / rel).is_file() for rel in files):
-        return root
-    return Path(tempfile.gettempdir()) / "stealproof-bench-cache"
+        yield ArtifactCache(root)
+        return
+    private = Path(tempfile.mkdtemp(prefix="stealproof-bench-cache-"))
+    try:
+        cache = ArtifactCache(private)
+        cache.materialize(files)
+        yield cache
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def run_cell_task(
@@ -70,13 +86,13 @@ def run_cell_task(
         torch.set_num_threads(threads)
     cell = Cell.model_validate(cell_data)
     files = {**victim_files, **(defense_files or {})}
-    root = _local_root(cache_root, files)
-    ws = _WORKSPACES.get((str(root), device))
-    if ws is None:
-        ws = _WORKSPACES[(str(root), device)] = Workspace(ArtifactCache(root), device=device)
-    ws.cache.materialize(files)
-    ws.enter_group((cell.scenario, cell.seed, cell.cell_hash()))  # no clones shared across tasks
-    return run_cell(cell, ws)
+    with task_cache(cache_root, files) as cache:
+        ws = _WORKSPACES.get(device)
+        if ws is None:
+            ws = _WORKSPACES[device] = Workspace(cache, device=device)
+        ws.cache = cache
+        ws.enter_group((cell.scenario, cell.seed, cell.cell_hash()))  # no clones across tasks
+        return run_cell(cell, ws)
 
 
 def run_ray(
@@ -120,7 +136,7 @@ def run_ray(
             raise BenchBackendError(f"--address: cannot start or join {where}: {e}") from None
         started = True
     try:
-        return _dispatch(ray, plan, store, ws.cache, threads, device, progress, on_row, workers)
+        return _dispatch(ray, plan, store, ws, threads, device, progress, on_row, workers)
     finally:
         if started:
             ray.shutdown()
@@ -130,7 +146,7 @@ def _dispatch(
     ray: ModuleType,
     plan: RunPlan,
     store: ResultStore,
-    cache: ArtifactCache,
+    ws: Workspace,
     threads: int,
     device: torch.device | str | None,
     progress: Progress | None,
@@ -146,11 +162,13 @@ def _dispatch(
     in_flight: list[Any] = []
     ran = 0
 
+    cache = ws.cache
+
     def submit(cell: Cell) -> None:
-        vkey = victim_key(cell.spec, cell.seed)
+        vkey = ws.victim_key(cell)
         if vkey not in refs_v:
             refs_v[vkey] = ray.put(cache.victim_files(vkey))
-        bkey = defense_bundle_key(cell)
+        bkey = ws.bundle_key(cell)
         if bkey is not None and bkey not in refs_d:
             refs_d[bkey] = ray.put(cache.defense_files(bkey))
         ref_d = refs_d[bkey] if bkey is not None else None
