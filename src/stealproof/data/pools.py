@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from stealproof._names import unknown_name_message
-from stealproof.data.datasets import digits_images, load_dataset, mnist5k_images
-from stealproof.data.files import load_file_dataset
+from stealproof.data.datasets import digits_images, load_unlabeled, mnist5k_images
+from stealproof.data.files import load_file_images
 from stealproof.data.synthetic import make_noise, make_shapes
 from stealproof.data.transforms import fit_glyphs, match_channels, random_affine, resize
-from stealproof.errors import UnknownNameError
+from stealproof.errors import ConfigError, InputValidationError, UnknownNameError
 
 #: Images generated for a synthetic pool (the pool is then sampled like any other).
 SYNTHETIC_SIZE = 10_000
@@ -35,9 +35,12 @@ class Pool:
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[0] == 0:
-            raise ValueError(f"pool {self.name!r}: expected a non-empty [N, C, H, W] image batch")
+            raise InputValidationError(
+                f"pool {self.name!r}: expected a non-empty [N, C, H, W] image batch, "
+                f"got shape {list(self.images.shape)}"
+            )
         if self.groups.shape != (self.images.shape[0],):
-            raise ValueError(f"pool {self.name!r}: groups must have one entry per image")
+            raise InputValidationError(f"pool {self.name!r}: groups must have one entry per image")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -52,7 +55,7 @@ class Pool:
     ) -> tuple[Tensor, Tensor]:
         """``n`` images and their pool indices: a permutation first, then augmented repeats."""
         if n < 0:
-            raise ValueError(f"draw: n must be ≥ 0, got {n}")
+            raise InputValidationError(f"draw: n must be ≥ 0, got {n}")
         size = len(self)
         rounds = max(1, -(-n // size))
         idx = torch.cat([torch.randperm(size, generator=generator) for _ in range(rounds)])[:n]
@@ -67,7 +70,7 @@ class Pool:
         """One image per entry of ``groups`` (uniform within the group), augmented if asked."""
         counts = torch.bincount(self.groups, minlength=self.num_groups)
         if bool((counts[groups] == 0).any()):
-            raise ValueError(f"pool {self.name!r}: asked for an empty group")
+            raise InputValidationError(f"pool {self.name!r}: asked for an empty group")
         order = torch.argsort(self.groups, stable=True)
         starts = torch.cumsum(counts, 0) - counts
         pick = (torch.rand(len(groups), generator=generator) * counts[groups]).long()
@@ -78,8 +81,14 @@ class Pool:
         return images, idx
 
 
-def _shape_to(images: Tensor, channels: int, size: tuple[int, int]) -> Tensor:
-    return match_channels(resize(images, size), channels)
+def _shape_to(images: Tensor, channels: int, size: tuple[int, int], name: str) -> Tensor:
+    """Resize and convert channels to the victim's input, naming the pool when impossible."""
+    if images.shape[0] == 0:
+        raise InputValidationError(f"pool {name!r}: holds no images")
+    try:
+        return match_channels(resize(images, size), channels)
+    except InputValidationError as exc:
+        raise InputValidationError(f"pool {name!r}: {exc}") from exc
 
 
 def load_pool(
@@ -94,8 +103,11 @@ def load_pool(
 
     Names: ``digits28`` (sklearn digits framed like MNIST), ``mnist8`` (MNIST-5k framed like
     sklearn digits), ``noise``, ``shapes`` (synthetic), ``<dataset>-unlabeled`` (the held-back
-    split of a built-in dataset), ``file:PATH`` (your own images: .npz, IDX dir, CIFAR dir or an
-    image folder).
+    split of a dataset, see :func:`stealproof.data.datasets.load_unlabeled`; file datasets read
+    ``data_dir``; ``file:PATH-unlabeled`` is that of dataset ``file:PATH``), ``file:PATH``
+    (your own images, labels optional: an IDX images file or directory (train or t10k split),
+    .npz, .npy, a CIFAR directory, an image folder with class sub-directories or a flat folder
+    of images).
     """
     size = (int(image_size[0]), int(image_size[1]))
     g = torch.Generator().manual_seed(seed)
@@ -111,16 +123,23 @@ def load_pool(
     if name == "shapes":
         x, kind = make_shapes(SYNTHETIC_SIZE, channels, size, g)
         return Pool(name, x, kind)
-    if name.endswith("-unlabeled"):
-        base = name.removesuffix("-unlabeled")
-        ds = load_dataset(base, data_dir)
-        if ds.unlabeled is None:
-            raise UnknownNameError(f"dataset {base!r} has no unlabeled split for pool {name!r}")
+    own_file = name.startswith("file:") and Path(name.removeprefix("file:")).exists()
+    if name.endswith("-unlabeled") and not own_file:  # also file:PATH-unlabeled
+        unlabeled = load_unlabeled(name.removesuffix("-unlabeled"), data_dir)
         # labels are kept only as groups (the thief does not learn them from the pool)
-        return Pool(name, _shape_to(ds.unlabeled.images, channels, size), ds.unlabeled.labels)
+        return Pool(name, _shape_to(unlabeled.images, channels, size, name), unlabeled.labels)
     if name.startswith("file:"):
-        data = load_file_dataset(name.removeprefix("file:"))
-        return Pool(name, _shape_to(data.images, channels, size), data.labels)
+        path = name.removeprefix("file:")
+        if not path:
+            raise ConfigError("pool 'file:': expected a path after 'file:'")
+        images, labels = load_file_images(path, image_size=size)
+        # labels (when the files have them) only become contiguous group ids
+        groups = (
+            torch.zeros(len(images), dtype=torch.int64)
+            if labels is None
+            else torch.unique(labels, return_inverse=True)[1]
+        )
+        return Pool(name, _shape_to(images, channels, size, name), groups)
     known = ["digits28", "mnist8", "noise", "shapes", "digits-unlabeled", "mnist5k-unlabeled"]
     raise UnknownNameError(unknown_name_message("pool", name, known) + " or file:PATH")
 
@@ -134,5 +153,6 @@ def available_pools() -> dict[str, str]:
         "shapes": "synthetic ellipses, rectangles and strokes (off-distribution)",
         "mnist5k-unlabeled": "500 MNIST-5k images disjoint from the victim's data",
         "digits-unlabeled": "300 sklearn digits disjoint from the victim's data",
-        "file:PATH": "your own images (.npz, IDX dir, CIFAR dir, image folder)",
+        "<dataset>-unlabeled": "held-back split of a file dataset (needs --data-dir)",
+        "file:PATH": "your own images, labels optional (IDX, .npz, .npy, CIFAR, image folder)",
     }

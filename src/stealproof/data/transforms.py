@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stealproof.errors import InputValidationError
+
 
 def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     """Resize a batch [N, C, H, W] to ``size`` (antialiased bilinear), staying in [0, 1]."""
@@ -18,15 +20,17 @@ def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def match_channels(images: Tensor, channels: int) -> Tensor:
-    """Repeat grayscale to ``channels`` or average colour to one channel."""
+    """Repeat grayscale to ``channels``, average colour to one channel, drop RGBA's alpha."""
     c = images.shape[1]
     if c == channels:
         return images
+    if c == 4 and channels in (1, 3):  # RGBA: drop the alpha channel
+        return match_channels(images[:, :3], channels)
     if c == 1:
         return images.expand(-1, channels, -1, -1).contiguous()
     if channels == 1:
         return images.mean(dim=1, keepdim=True)
-    raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+    raise InputValidationError(f"cannot convert {c}-channel images to {channels} channels")
 
 
 def fit_glyphs(
