@@ -347,8 +347,21 @@ def train_victim_cmd(
         console.print(f"{model} on {dataset}: test accuracy {100 * acc:.2f}% → {path}")
 
 
-def _split_kwargs(split_test: float | None) -> dict[str, Any]:
-    """Keyword arguments of ``load_dataset`` for ``--split-test`` (none when not given)."""
+def _split_kwargs(split_test: float | None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``load_dataset`` for ``--split-test`` (none when not given).
+
+    With a victim's checkpoint ``meta``, the split it was trained with is the default, and
+    another one is refused: its test split would overlap the victim's training data.
+    """
+    trained = meta.get("split_test") if isinstance(meta, dict) else None
+    if trained is not None:
+        if split_test is None:
+            split_test = float(trained)
+        elif split_test != trained:
+            raise ConfigError(
+                f"--split-test: the victim was trained with --split-test {trained}; another "
+                "split would score it on its own training images (omit --split-test)"
+            )
     if split_test is None:
         return {}
     if not 0 < split_test < 1:
@@ -488,7 +501,7 @@ def attack(
     label_only = label_only or name == "knockoff-labels"
     model, meta = load_checkpoint(victim, map_location=dev)
     dataset = resolve_dataset(dataset, meta, victim)
-    ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test))
+    ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test, meta))
     check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
     c, h, w = ds.input_shape
     default_pool = f"{dataset}-unlabeled" if jacobian else scenario_for(dataset).pool
@@ -581,18 +594,16 @@ def attack(
         "clone_acc": metrics.clone_accuracy(result.clone, ds.test.images, ds.test.labels),
         "clone_fidelity": metrics.clone_fidelity(result.clone, model, ds.test.images),
         "clone_training": train_cfg.model_dump(mode="json"),
-        "stopped": getattr(result, "stopped", None),
-        "blocked_at": getattr(result, "blocked_at", None),
+        "stopped": result.stopped,
+        "blocked_at": result.blocked_at,
+        "stop_message": result.stop_message,
         "seed": seed,
     }
     if not data_free:
         row["clone_steps"] = describe_training(train_cfg, max(1, result.queries_used))
     if guardian is not None:
-        status = box.policy_status()
         row["guardian"] = str(guardian)
         row["flagged_rows"] = box.flagged_rows
-        if row["blocked_at"] is None and status is not None:
-            row["blocked_at"] = status.blocked_at
     if jacobian or data_free:
         row["trace"] = [[t.queries, t.clone_acc] for t in result.trace]
     text = dumps_strict(row, indent=2)
@@ -612,10 +623,17 @@ def attack(
             f"{100 * row['clone_fidelity']:.1f}%",
         )
         console.print(table)
-        if row["stopped"] == "blocked" or row.get("blocked_at") is not None:
+        if row["stopped"] == "blocked":
             console.print(
                 f"the thief was blocked after {row['blocked_at']} rows "
-                f"({row.get('flagged_rows', 0)} flagged); the clone was trained on what it had"
+                f"({row.get('flagged_rows', 0)} flagged); the clone was trained on what it had",
+                highlight=False,
+            )
+        elif row["stopped"] == "budget":
+            console.print(
+                f"the black box's budget ran out after {row['queries_used']} rows; "
+                "the clone was trained on what it had",
+                highlight=False,
             )
         if "clone_steps" in row:
             console.print(f"clone training: {row['clone_steps']}", highlight=False)
@@ -761,7 +779,7 @@ def prepare_defense_cmd(
     _setup(threads, quiet)
     model, meta = load_checkpoint(victim)
     dataset = resolve_dataset(dataset, meta, victim)
-    ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test))
+    ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test, meta))
     check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
     log_images = sample_pool(query_sample, model, seed, data_dir)
     d = cls.prepare(model, ds.train.images, query_sample=log_images, **params)
@@ -843,7 +861,7 @@ def surrogate(
             images, _ = p.draw(size, torch.Generator().manual_seed(seed))
         else:
             dataset = resolve_dataset(dataset, meta, victim)
-            ds = load_dataset(dataset, data_dir)
+            ds = load_dataset(dataset, data_dir, **_split_kwargs(None, meta))
             check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
             images = ds.train.images
         with progress_bar(quiet) as bar:

@@ -15,6 +15,7 @@ import torch
 from rich.progress import Progress
 from torch import Tensor, nn
 
+from stealproof.errors import ConfigError
 from stealproof.models.base import Classifier
 from stealproof.models.checkpoint import load_checkpoint, save_checkpoint
 from stealproof.models.registry import create_model
@@ -24,7 +25,7 @@ from stealproof.train import TrainConfig, train_model
 
 def _like(victim: nn.Module) -> Classifier:
     if not isinstance(victim, Classifier) or not victim.spec.name:
-        raise TypeError("surrogates need a stealproof Classifier victim built by create_model")
+        raise ConfigError("surrogates need a stealproof Classifier victim built by create_model")
     return create_model(victim.spec.name, **victim.spec.kwargs)
 
 

@@ -23,6 +23,7 @@ from stealproof.bench.config import (
 )
 from stealproof.bench.suites import SUITES, suite_data
 from stealproof.cli import app
+from stealproof.experiment import scenario_for
 
 BASE: dict[str, Any] = {
     "name": "unit",
@@ -370,3 +371,36 @@ def test_a_file_pool_is_checked_at_load(tmp_path: Path) -> None:
     assert "needs a path" in error_of(cfg(scenarios=[{"name": "digits", "pool": "file:"}]))
     (tmp_path / "pool.npz").write_bytes(b"x")
     parse_config(cfg(scenarios=[{"name": "digits", "pool": f"file:{tmp_path / 'pool.npz'}"}]))
+
+
+# ------------------------------------------------------------------ file datasets (#12)
+
+
+def _file_scenario(dataset: str, pool: str) -> dict[str, Any]:
+    return cfg(scenarios=[{"dataset": dataset, "model": "mlp", "pool": pool}])
+
+
+def test_file_dataset_and_its_held_back_pool_are_accepted(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = tmp_path / "d.npz"
+    x = np.zeros((40, 8, 8), np.uint8)
+    y = np.arange(40) % 4
+    np.savez(path, x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    config = parse_config(_file_scenario(f"file:{path}", f"file:{path}-unlabeled"))
+    cells = expand(config)
+    assert {c.spec.dataset for c in cells} == {f"file:{path}"}
+    # a scenario without a name takes its dataset's defaults, as every other entry point does
+    assert cells[0].spec.clone_training == scenario_for(f"file:{path}").clone_training
+
+
+def test_missing_file_dataset_and_unknown_names_are_refused_with_real_suggestions(
+    tmp_path: Path,
+) -> None:
+    msg = error_of(_file_scenario(f"file:{tmp_path}/nope.npz", "noise"))
+    assert "scenarios[0].dataset" in msg and "no such file or directory" in msg
+    msg = error_of(_file_scenario("mnist5", "noise"))
+    assert "did you mean mnist5k" in msg and msg.count("file:PATH") == 1  # not a suggestion
+    msg = error_of(_file_scenario("digits", "foo-unlabeled"))
+    assert "scenarios[0].pool" in msg and "<dataset>-unlabeled or file:PATH" in msg
+    assert msg.count("<dataset>-unlabeled") == 1 and msg.count("file:PATH") == 1

@@ -64,7 +64,11 @@ def test_list_defenses_json() -> None:
     assert list(data) == ["defenses"]
     assert sorted(data["defenses"]) == sorted(defenses.available())
     assert len(data["defenses"]) >= 2
-    assert "eps: float = 1.0" in " ".join(data["defenses"]["mad"]["params"])
+    from stealproof.defenses.mad import MADConfig
+
+    mad = data["defenses"]["mad"]["params"]
+    assert f"eps: float = {MADConfig().eps!r}" in mad
+    assert "norm: 'l1' | 'l2' | 'kl' = 'l1'" in mad  # a Literal shows its choices
 
 
 def test_list_all_json_has_every_section() -> None:

@@ -453,3 +453,80 @@ def test_cli_module_keeps_its_public_helpers() -> None:
     """The benchmark and guardian sub-apps import these from stealproof.cli."""
     for name in ("_setup", "console", "progress_bar", "parse_params", "build_defense"):
         assert hasattr(cli_mod, name)
+
+
+# ------------------------------------------------- 1: a block is a result, not an error
+
+
+def _flag_everything_bundle(victim: Path, out: Path) -> Path:
+    """A guardian bundle stamped for ``victim`` whose threshold flags every row."""
+    from stealproof.detectors.guardian import GuardianBundle, TransformNet
+    from stealproof.fingerprint import make_stamp
+
+    model, _ = load_checkpoint(victim)
+    torch.manual_seed(0)
+    detector = create_model("mlp", in_channels=1, image_size=(8, 8), num_classes=2, hidden=(8,))
+    bundle = GuardianBundle(
+        TransformNet((1, 8, 8), width=4).eval(),
+        {"dfme": detector.eval()},
+        threshold=-1e9,
+        meta={"sources": ["dfme"]},
+        stamp=make_stamp(model, {}),
+    )
+    return bundle.save(out)
+
+
+@pytest.mark.parametrize("attack", ["knockoff", "jbda"])
+def test_blocked_attack_exits_0_with_its_row_and_result_file(
+    attack: str, victim: Path, tmp_path: Path
+) -> None:
+    bundle = _flag_everything_bundle(victim, tmp_path / "g.pt")
+    out = tmp_path / "run"
+    result = _attack(
+        victim, "--attack", attack, "--guardian", str(bundle), "--max-flagged", "30",
+        "--budget", "200", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["stopped"] == "blocked"
+    assert row["blocked_at"] is not None and 0 < row["blocked_at"] < 200
+    assert row["flagged_rows"] >= 30 and "blocked" in row["stop_message"]
+    assert 0.0 <= row["clone_acc"] <= 1.0
+    assert json.loads((out / "result.json").read_text()) == row
+    table = invoke(
+        "attack", "--victim", str(victim), "--guardian", str(bundle), "--max-flagged", "30",
+        "--budget", "200", "--epochs", "1", "--threads", "1",
+    )  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert "the thief was blocked after" in table.stdout
+
+
+# ------------------------------------------- 12: a file dataset's split goes with the victim
+
+
+def test_file_dataset_split_is_recorded_and_a_different_one_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "one-split.npz"
+    np.savez(data, rng.integers(0, 256, (300, 8, 8), dtype=np.uint8), np.arange(300) % 10)
+    ckpt = tmp_path / "v.pt"
+    user_error(
+        invoke("train-victim", "--dataset", f"file:{data}", "--model", "mlp",
+               "--epochs", "1", "--out", str(ckpt), "--threads", "1", "-q"),
+        "no test split", "--split-test",
+    )  # fmt: skip
+    trained = invoke(
+        "train-victim", "--dataset", f"file:{data}", "--split-test", "0.2", "--model", "mlp",
+        "--epochs", "1", "--out", str(ckpt), "--threads", "1", "-q",
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert load_checkpoint(ckpt)[1]["split_test"] == 0.2
+    # the attack finds the split in the checkpoint; jbda's seed set is the derived unlabeled split
+    for attack in ("knockoff", "jbda"):
+        result = _attack(ckpt, "--attack", attack)
+        assert result.exit_code == 0, result.output
+        row = json.loads(result.stdout)
+        assert row["dataset"] == f"file:{data}"
+    assert row["pool"] == f"file:{data}-unlabeled"
+    user_error(_attack(ckpt, "--split-test", "0.3"), "--split-test", "trained with")

@@ -42,9 +42,8 @@ from pydantic import (
 )
 
 from stealproof._names import unknown_name_message
-from stealproof.attacks.knockoff import default_clone_training
 from stealproof.errors import ConfigError, InputValidationError, StealproofError
-from stealproof.experiment import SCENARIOS, Scenario
+from stealproof.experiment import SCENARIOS, Scenario, scenario_for
 from stealproof.fingerprint import stable_hash
 from stealproof.train import TrainConfig
 
@@ -213,29 +212,37 @@ def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
                 f"{where}: give name (one of {', '.join(sorted(SCENARIOS))}) or dataset, model "
                 f"and pool (missing: {', '.join(missing)})"
             )
-        victim_base, clone_base = TrainConfig(), default_clone_training()
+        # a dataset's own defaults (experiment.scenario_for), as every other entry point uses
+        fallback = scenario_for(spec.dataset or "")
+        victim_base, clone_base = fallback.victim_training, fallback.clone_training
     else:
         victim_base, clone_base = base.victim_training, base.clone_training
     dataset = spec.dataset or (base.dataset if base else "")
     model = spec.model or (base.model if base else "")
     pool = spec.pool or (base.pool if base else "")
-    datasets = sorted(available_datasets())
-    if dataset not in datasets:
+    datasets = sorted(d for d in available_datasets() if d != "file:PATH")
+    if dataset.startswith("file:"):
+        _check_file_pool(f"{where}.dataset", dataset.removeprefix("file:"))
+    elif dataset not in datasets:
         raise BenchConfigError(
-            f"{where}.dataset: {unknown_name_message('dataset', dataset, datasets)}"
+            f"{where}.dataset: {unknown_name_message('dataset', dataset, datasets)} or file:PATH"
         )
     models = available_models()
     if model not in models:
         raise BenchConfigError(f"{where}.model: {unknown_name_message('model', model, models)}")
-    pools = [p for p in available_pools() if p != "file:PATH"]
-    if not (
-        pool in pools or pool.startswith("file:") or pool.removesuffix("-unlabeled") in datasets
-    ):
-        raise BenchConfigError(
-            f"{where}.pool: {unknown_name_message('pool', pool, pools)} or file:PATH"
-        )
+    pools = [p for p in available_pools() if p not in ("file:PATH", "<dataset>-unlabeled")]
+    held_back = pool.removesuffix("-unlabeled") if pool.endswith("-unlabeled") else None
     if pool.startswith("file:"):
-        _check_file_pool(f"{where}.pool", pool.removeprefix("file:"))
+        path = pool.removeprefix("file:")
+        if held_back is not None and not Path(path).exists():
+            # file:PATH-unlabeled: the held-back split of dataset file:PATH
+            path = held_back.removeprefix("file:")
+        _check_file_pool(f"{where}.pool", path)
+    elif not (pool in pools or (held_back is not None and held_back in datasets)):
+        raise BenchConfigError(
+            f"{where}.pool: {unknown_name_message('pool', pool, pools)}, "
+            "<dataset>-unlabeled or file:PATH"
+        )
     scenario = Scenario(
         dataset=dataset,
         model=model,
@@ -449,7 +456,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
 def _loc_text(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.isprintable() or not part.strip() or part != part.strip():
+            out += f"[{part!r}]"  # a key of blanks or control characters, shown quoted
+        else:
+            out += f".{part}" if out else part
     return out
 
 
