@@ -24,6 +24,7 @@ from rich.table import Table
 
 from stealproof import __version__
 from stealproof._cli_errors import err_console, friendly_errors
+from stealproof.defense_models import MANIFEST, build_defense, defense_stamp
 from stealproof.errors import ConfigError
 
 app = typer.Typer(
@@ -667,76 +668,6 @@ def sample_pool(pool: str | None, victim: Any, seed: int, data_dir: Path | None)
     return images
 
 
-MANIFEST = "defense.json"
-
-
-def _defense_stamp(cls: Any, params: dict[str, Any], victim: Any) -> dict[str, Any]:
-    """The stamp of a defense's saved models: victim, defense name and the params that built
-    them (``prepare_params``; the other knobs may change at load time)."""
-    from stealproof.fingerprint import make_stamp
-
-    fields = cls.prepare_params
-    built_by = {k: v for k, v in sorted(params.items()) if fields is None or k in fields}
-    return make_stamp(victim, {"defense": cls.name, "prepare": built_by})
-
-
-def build_defense(
-    name: str,
-    params: dict[str, Any],
-    victim: Any,
-    images: Any,
-    models_dir: Path | None,
-    query_sample: Any = None,
-) -> Any:
-    """A defense from saved models when ``models_dir`` is given, else ``prepare()``-d afresh.
-
-    Saved models are used only when the directory's manifest says they were made for this
-    defense, this victim (fingerprint), the same model-building parameters and this package
-    version; files the manifest does not name are ignored.
-    """
-    from stealproof import defenses
-    from stealproof.errors import ArtifactMismatchError, DataFileError
-    from stealproof.fingerprint import check_stamp
-    from stealproof.models import load_checkpoint
-    from stealproof.surrogate import freeze
-
-    cls = defenses.get_defense_class(name)
-    if models_dir is None:
-        return cls.prepare(victim, images, query_sample=query_sample, **params)
-    if not models_dir.is_dir():
-        raise DataFileError(f"--models: {models_dir} is not a directory")
-    manifest = models_dir / MANIFEST
-    if not manifest.is_file():
-        raise DataFileError(
-            f"--models: {models_dir} has no {MANIFEST}; create the directory with "
-            f"`stealproof prepare-defense --defense {name} --out {models_dir}`"
-        )
-    try:
-        saved = json.loads(manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFileError(f"--models: {manifest} is not valid JSON ({e})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("models", {}), dict):
-        raise DataFileError(f"--models: {manifest} is not a defense manifest")
-    if saved.get("defense") != name:
-        raise ArtifactMismatchError(
-            f"--models: {models_dir} holds models for {saved.get('defense')!r}, not {name!r}"
-        )
-    merged = cls.make_config(**{**saved.get("params", {}), **params}).model_dump(mode="json")
-    check_stamp(
-        saved.get("stamp"),
-        _defense_stamp(cls, merged, victim),
-        f"--models: {models_dir}",
-        hint=f"re-create it with `stealproof prepare-defense --defense {name}`",
-    )
-    loaded = {}
-    for role, file in saved.get("models", {}).items():
-        path = models_dir / str(file)
-        if path.parent != models_dir:
-            raise DataFileError(f"--models: {manifest} names a file outside the directory")
-        loaded[role] = freeze(load_checkpoint(path)[0])
-    return cls(**{**saved.get("params", {}), **params}, **loaded)
-
-
 @app.command("prepare-defense")
 @friendly_errors
 def prepare_defense_cmd(
@@ -795,7 +726,7 @@ def prepare_defense_cmd(
         "defense": defense,
         "params": d.params,
         "models": saved,
-        "stamp": _defense_stamp(cls, d.params, model),
+        "stamp": defense_stamp(cls, d.params, model),
         "victim": str(victim),
         "dataset": dataset,
         "query_sample": query_sample,
@@ -1044,9 +975,11 @@ def list_cmd(
 
 from stealproof.bench.cli import bench_app  # noqa: E402
 from stealproof.guardian_cli import app as guardian_app  # noqa: E402
+from stealproof.serve_cli import register as register_gateway  # noqa: E402
 
 app.add_typer(bench_app, name="bench")
 app.add_typer(guardian_app, name="guardian")
+register_gateway(app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""HTTP gateway: serve a defended model over the Open Inference Protocol."""

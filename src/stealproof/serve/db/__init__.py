@@ -1,0 +1,1 @@
+"""Gateway storage: SQLAlchemy models, engines, migrations and the repository functions."""

@@ -1,0 +1,124 @@
+"""Engines for the gateway's database: SQLite (WAL, ``BEGIN IMMEDIATE``) or PostgreSQL (psycopg 3).
+
+On SQLite every write transaction starts with ``BEGIN IMMEDIATE``, so it holds the database's
+single write lock from its first statement: concurrent writers queue (``busy_timeout``) instead
+of failing half-way, and a transaction that read a client's row can safely write it back.
+Read-only work uses :func:`make_sessionmaker` with ``write=False`` (a plain deferred ``BEGIN``):
+in WAL mode readers never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from stealproof.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+# Execution option naming the BEGIN mode a SQLite transaction starts with.
+SQLITE_BEGIN_OPTION: Final = "stealproof_sqlite_begin"
+_BEGIN_MODES: Final = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
+_PASSWORD_RE = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``; safe to log and show."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _PASSWORD_RE.sub(r"\1***@", url)
+
+
+def sqlite_url_for(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file, made absolute (independent of the working dir)."""
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+def normalize_url(url: str) -> str:
+    """``url`` with PostgreSQL spellings mapped to the psycopg 3 driver; other schemes refused.
+
+    Accepted: ``sqlite:///path`` (or ``sqlite+pysqlite``), ``postgresql://``, ``postgres://``
+    and ``postgresql+psycopg://``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(
+            f"database url {redact_url(url)!r}: expected sqlite:///PATH or postgresql://..."
+        )
+    s = scheme.lower()
+    if s in ("postgresql", "postgres", "postgresql+psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    if s in ("sqlite", "sqlite+pysqlite"):
+        return f"sqlite://{rest}"
+    raise ConfigError(
+        f"database url {redact_url(url)!r}: unsupported scheme {scheme!r} "
+        "(expected sqlite or postgresql)"
+    )
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Hand transaction control to SQLAlchemy and set the pragmas the gateway relies on."""
+    # Disable the sqlite3 module's own BEGIN/COMMIT handling; _on_sqlite_begin emits BEGIN.
+    dbapi_connection.isolation_level = None
+    cur = dbapi_connection.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cur.close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    """Start every transaction explicitly, by default with ``BEGIN IMMEDIATE`` (write lock)."""
+    mode = str(conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")).upper()
+    if mode not in _BEGIN_MODES:
+        raise ConfigError(f"{SQLITE_BEGIN_OPTION}: {mode!r} is not one of {sorted(_BEGIN_MODES)}")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url`` (SQLite file or PostgreSQL), configured for the gateway.
+
+    Extra ``kwargs`` go to :func:`sqlalchemy.create_engine` (e.g. ``poolclass`` in tests).
+    """
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ConfigError(f"database url {redact_url(url)!r}: cannot be parsed ({e})") from None
+    if parsed.get_backend_name() == "sqlite":
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
+        engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **kwargs)
+
+
+def is_postgres(engine: Engine) -> bool:
+    """True when ``engine`` talks to PostgreSQL."""
+    return engine.dialect.name == "postgresql"
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True when ``engine`` talks to SQLite."""
+    return engine.dialect.name == "sqlite"
+
+
+def make_sessionmaker(engine: Engine, *, write: bool = True) -> sessionmaker[Session]:
+    """Sessions on ``engine`` that keep loaded values after commit (``expire_on_commit=False``).
+
+    ``write=False`` is for read-only work (authentication, listings): on SQLite its
+    transactions start with a deferred ``BEGIN`` and so never wait for, or block, a writer.
+    On PostgreSQL both kinds are the same.
+    """
+    bind = engine if write else engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+    return sessionmaker(bind=bind, expire_on_commit=False)

@@ -1,0 +1,48 @@
+"""Typed dependency aliases of the routes: the gateway, the authenticated client, the admin."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from stealproof.serve.errors import Unauthorized, Unavailable
+from stealproof.serve.gateway import ClientRef, Gateway
+
+
+def get_gateway(request: Request) -> Gateway:
+    """The app's gateway (built by the lifespan)."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def get_client(
+    gateway: GatewayDep,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+) -> ClientRef:
+    """The client whose API key came in ``Authorization: Bearer <key>`` (401 otherwise)."""
+    return gateway.authenticate(authorization)
+
+
+ClientDep = Annotated[ClientRef, Depends(get_client)]
+
+
+def require_admin(
+    request: Request,
+    authorization: Annotated[str | None, Header(description="Bearer <admin key>")] = None,
+) -> None:
+    """Refuse anyone without the admin key (compared in constant time)."""
+    admin = request.app.state.admin_key
+    if admin is None:
+        raise Unavailable("the admin API is disabled: no admin key is configured")
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    given = key.strip().encode() if scheme.lower() == "bearer" else b""
+    if not hmac.compare_digest(given, admin.get_secret_value().encode()):
+        raise Unauthorized("admin key required: send `Authorization: Bearer <admin key>`")
+
+
+AdminDep = Depends(require_admin)

@@ -1,0 +1,1 @@
+"""The gateway's routers: the inference protocol, the client's own view, the admin API."""
