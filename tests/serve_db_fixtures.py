@@ -62,6 +62,16 @@ def _admin_execute(sql: str) -> None:
         engine.dispose()
 
 
+#: Set (as CI does) to make an unreachable PostgreSQL a failure instead of a skip.
+REQUIRE_ENV = "STEALPROOF_REQUIRE_POSTGRES"
+
+
+def _skip_or_fail() -> None:
+    if os.environ.get(REQUIRE_ENV):
+        pytest.fail(f"{PG_SKIP_REASON}, and ${REQUIRE_ENV} is set")
+    pytest.skip(PG_SKIP_REASON)
+
+
 @contextmanager
 def temp_database(kind: str, tmp_path: Path, *, migrate: bool = True) -> Iterator[str]:
     """Yield the URL of a fresh database of ``kind`` (migrated to head unless ``migrate=False``).
@@ -78,7 +88,7 @@ def temp_database(kind: str, tmp_path: Path, *, migrate: bool = True) -> Iterato
     if kind != "postgresql":
         raise ValueError(f"kind: expected one of {DB_KINDS}, got {kind!r}")
     if not postgres_available():
-        pytest.skip(PG_SKIP_REASON)
+        _skip_or_fail()
     schema = f"t_{uuid.uuid4().hex}"
     _admin_execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in PG_BASE_URL else "?"
@@ -107,7 +117,7 @@ def db_kind(request: pytest.FixtureRequest) -> str:
     """``sqlite`` or ``postgresql`` (the test id says which ran)."""
     kind = str(request.param)
     if kind == "postgresql" and not postgres_available():
-        pytest.skip(PG_SKIP_REASON)
+        _skip_or_fail()
     return kind
 
 

@@ -107,6 +107,8 @@ def _setup(threads: int, quiet: bool, device: str | None = None) -> torch.device
         format="%(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("httpx", "httpcore"):  # one INFO line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return dev
 
 
@@ -373,7 +375,39 @@ def _split_kwargs(split_test: float | None, meta: dict[str, Any] | None = None) 
 @app.command()
 @friendly_errors
 def attack(
-    victim: Annotated[Path, typer.Option("--victim", help="Victim checkpoint (train-victim).")],
+    victim: Annotated[
+        Path | None,
+        typer.Option(
+            "--victim",
+            help="Victim checkpoint (train-victim). With --target: optional, only to score the "
+            "clone's fidelity.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="Attack a live gateway (`stealproof serve`) at this URL instead of a local "
+            "victim; the gateway applies its own defense and policy.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="STEALPROOF_API_KEY",
+            help="With --target: the client's API key (or $STEALPROOF_API_KEY).",
+            show_envvar=False,
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="With --target: a file holding the API key."),
+    ] = None,
+    served_model: Annotated[
+        str | None,
+        typer.Option("--model", help="With --target: the served model's name."),
+    ] = None,
     dataset: Annotated[
         str | None,
         typer.Option(
@@ -494,16 +528,35 @@ def attack(
     thief_budget = budget // average
     if thief_budget < 1:
         raise ConfigError(f"--average: {average} copies per row leave no row of --budget {budget}")
+    remote = _remote_options(
+        target,
+        api_key,
+        api_key_file,
+        served_model,
+        victim,
+        dataset,
+        defense=defense,
+        param=param,
+        models_dir=models_dir,
+        guardian=guardian,
+        query_sample=query_sample,
+        output=output,
+    )
     if out is not None:
         check_output_dir(out)
     dev = _setup(threads, quiet or as_json, device)
     jacobian = name in JACOBIAN_ATTACKS
     data_free = name in DATA_FREE_ATTACKS
     label_only = label_only or name == "knockoff-labels"
-    model, meta = load_checkpoint(victim, map_location=dev)
-    dataset = resolve_dataset(dataset, meta, victim)
+    model: Any = None
+    meta: dict[str, Any] = {}
+    if victim is not None:
+        model, meta = load_checkpoint(victim, map_location=dev)
+        dataset = resolve_dataset(dataset, meta, victim)
+    assert dataset is not None  # _remote_options requires it without a victim
     ds = load_dataset(dataset, data_dir, **_split_kwargs(split_test, meta))
-    check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
+    if model is not None:
+        check_victim_data(model, ds.input_shape, f"--dataset {dataset}")
     c, h, w = ds.input_shape
     default_pool = f"{dataset}-unlabeled" if jacobian else scenario_for(dataset).pool
     pool = None if data_free else pool or default_pool
@@ -517,12 +570,26 @@ def attack(
         from stealproof.detectors.guardian import GuardianDetector
 
         detector = GuardianDetector.load(guardian, map_location=dev, victim=model)
-    log_images = sample_pool(query_sample, model, seed, data_dir)
-    d = build_defense(defense, parse_params(param), model, ds.train.images, models_dir, log_images)
+    d = None
+    if remote is None:
+        log_images = sample_pool(query_sample, model, seed, data_dir)
+        d = build_defense(
+            defense, parse_params(param), model, ds.train.images, models_dir, log_images
+        )
     train_cfg = scenario_for(dataset).clone_training
     if epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": epochs, "min_steps": None})
-    if detector is None:
+    box: Any
+    if remote is not None:
+        from stealproof.http_box import HTTPBlackBox
+
+        box = HTTPBlackBox(remote[0], remote[1], remote[2], budget=budget, client_id="thief")
+        if box.input_shape != ds.input_shape:
+            raise ConfigError(
+                f"--dataset {dataset}: images are {tuple(ds.input_shape)} but model "
+                f"{remote[2]!r} at {remote[0]} takes {box.input_shape}"
+            )
+    elif detector is None:
         box = BlackBox(model, d, budget=budget, output=output)  # type: ignore[arg-type]
     else:
         from stealproof.policy import DetectionPolicy
@@ -538,7 +605,12 @@ def attack(
     thief_box: BlackBoxLike = box
     if average > 1:
         thief_box = AveragingBlackBox(box, copies=average, seed=seed)
-    make_clone = clone_factory_like(model, clone_model)
+    if model is not None:
+        make_clone = clone_factory_like(model, clone_model)
+    else:
+        make_clone = _remote_clone_factory(
+            clone_model or scenario_for(dataset).model, ds.input_shape, box.num_classes
+        )
     if jacobian:
         jb = create_jacobian_attack(
             name, rounds=rounds, label_only=label_only, seed=seed, train=train_cfg
@@ -574,7 +646,8 @@ def attack(
             result = knockoff.run(
                 thief_box, thief_pool, thief_budget, make_clone, device=dev, progress=p
             )
-    cost = defense_cost(model, d, ds.test.images, ds.test.labels)
+    cost = None if d is None else defense_cost(model, d, ds.test.images, ds.test.labels)
+    meter = box.meter() if remote is None else None
     attack_name = name if jacobian or data_free else "knockoff-labels" if label_only else "knockoff"
     row: dict[str, Any] = {
         "attack": attack_name,
@@ -582,18 +655,21 @@ def attack(
         "label_only": label_only,
         "average": average,
         "dataset": dataset,
-        "defense": defense,
-        "params": d.params,
+        "defense": defense if remote is None else None,
+        "params": d.params if d is not None else None,
+        "target": None if remote is None else f"{remote[0]} model {remote[2]}",
         "budget": budget,
         "queries_used": result.queries_used,
         "rows_charged": box.queries_used,
         "pool": pool,
         "victim_acc": meta.get("test_acc"),
-        "defender_acc": cost.defender_acc,
-        "l1_mean": box.meter().mean_l1,
-        "kl_mean": box.meter().mean_kl,
+        "defender_acc": None if cost is None else cost.defender_acc,
+        "l1_mean": None if meter is None else meter.mean_l1,
+        "kl_mean": None if meter is None else meter.mean_kl,
         "clone_acc": metrics.clone_accuracy(result.clone, ds.test.images, ds.test.labels),
-        "clone_fidelity": metrics.clone_fidelity(result.clone, model, ds.test.images),
+        "clone_fidelity": None
+        if model is None
+        else metrics.clone_fidelity(result.clone, model, ds.test.images),
         "clone_training": train_cfg.model_dump(mode="json"),
         "stopped": result.stopped,
         "blocked_at": result.blocked_at,
@@ -614,15 +690,11 @@ def attack(
         print(dumps_strict(row))
     elif not quiet:
         source = "a generator" if data_free else pool
-        table = Table(title=f"{row['attack']} vs {defense} ({budget} queries from {source})")
+        against = defense if remote is None else row["target"]
+        table = Table(title=f"{row['attack']} vs {against} ({budget} queries from {source})")
         for k in ("defender_acc", "l1_mean", "clone_acc", "clone_fidelity"):
             table.add_column(k, justify="right")
-        table.add_row(
-            f"{100 * cost.defender_acc:.1f}%",
-            f"{row['l1_mean']:.3f}",
-            f"{100 * row['clone_acc']:.1f}%",
-            f"{100 * row['clone_fidelity']:.1f}%",
-        )
+        table.add_row(*(_cell(row[k], k != "l1_mean") for k in table_keys()))
         console.print(table)
         if row["stopped"] == "blocked":
             console.print(
@@ -638,6 +710,89 @@ def attack(
             )
         if "clone_steps" in row:
             console.print(f"clone training: {row['clone_steps']}", highlight=False)
+
+
+def table_keys() -> tuple[str, ...]:
+    """The columns of ``attack``'s table."""
+    return ("defender_acc", "l1_mean", "clone_acc", "clone_fidelity")
+
+
+def _cell(value: float | None, percent: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+
+def _remote_options(
+    target: str | None,
+    api_key: str | None,
+    api_key_file: Path | None,
+    served_model: str | None,
+    victim: Path | None,
+    dataset: str | None,
+    **local: Any,
+) -> tuple[str, str, str] | None:
+    """(url, key, model) for ``attack --target``, checked before any work; None without it."""
+    if target is None:
+        if victim is None:
+            raise ConfigError("attack: pass --victim CHECKPOINT, or --target URL for a gateway")
+        for opt in ("--api-key", "--api-key-file", "--model"):
+            given = {"--api-key": api_key, "--api-key-file": api_key_file, "--model": served_model}
+            if given[opt] is not None:
+                raise ConfigError(f"{opt}: only with --target URL")
+        return None
+    if not target.startswith(("http://", "https://")):
+        raise ConfigError(f"--target: expected an http:// or https:// URL, got {target!r}")
+    flags = {
+        "defense": ("--defense", "none"),
+        "param": ("--param", None),
+        "models_dir": ("--models", None),
+        "guardian": ("--guardian", None),
+        "query_sample": ("--query-sample", None),
+        "output": ("--output", "probs"),
+    }
+    for key, value in local.items():
+        flag, default = flags[key]
+        if value != default and value != []:
+            raise ConfigError(
+                f"{flag}: not with --target (the gateway applies its own defense, policy "
+                "and output mode)"
+            )
+    if served_model is None:
+        raise ConfigError("--model: name the served model to attack (see GET /v2/models/NAME)")
+    if dataset is None and victim is None:
+        raise ConfigError("--dataset: with --target, name the dataset that scores the clone")
+    if api_key_file is not None:
+        if api_key is not None:
+            raise ConfigError("--api-key, --api-key-file: pass one of them")
+        try:
+            api_key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(
+                f"--api-key-file: cannot read {api_key_file} ({e.strerror})"
+            ) from None
+    if not api_key:
+        raise ConfigError("--api-key: with --target, pass the client's key (or --api-key-file)")
+    return target.rstrip("/"), api_key, served_model
+
+
+def _remote_clone_factory(architecture: str, shape: tuple[int, ...], classes: int | None) -> Any:
+    """Fresh clones of ``architecture`` for a gateway's input shape and class count."""
+    from stealproof.models import available_models, create_model
+
+    if architecture not in available_models():
+        from stealproof._names import unknown_name_message
+
+        raise ConfigError(
+            "--clone-model: "
+            + unknown_name_message("model", architecture, sorted(available_models()))
+        )
+    c, h, w = shape
+
+    def make() -> Any:
+        return create_model(architecture, in_channels=c, image_size=(h, w), num_classes=classes)
+
+    return make
 
 
 def resolve_dataset(dataset: str | None, meta: dict[str, Any], victim: Path) -> str:

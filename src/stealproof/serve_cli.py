@@ -134,10 +134,20 @@ def keys_revoke(
 # ----------------------------------------------------------------------------- clients
 
 
-def _gateway_for_admin(settings: ServeSettings) -> Any:
-    from stealproof.serve.app import build_gateway
+def _gateway_for_admin(settings: ServeSettings, *, with_models: bool = False) -> Any:
+    """A gateway over the configured database; models are loaded only when asked for (to lift
+    policy blocks, the policies' state is needed)."""
+    if with_models:
+        from stealproof.serve.app import build_gateway
 
-    return build_gateway(settings)[0]
+        return build_gateway(settings)[0]
+    from stealproof.serve.db.engine import make_engine, make_sessionmaker
+    from stealproof.serve.db.migrate import check_migrated
+    from stealproof.serve.gateway import Gateway
+
+    engine = make_engine(settings.resolved_database_url())
+    check_migrated(engine)
+    return Gateway(settings, [], make_sessionmaker(engine), make_sessionmaker(engine, write=False))
 
 
 @clients_app.command("list")
@@ -178,7 +188,7 @@ def clients_list(
 def _set_block(config: Path, name: str, blocked: bool, reason: str) -> None:
     from stealproof.serve.db import repo
 
-    gateway = _gateway_for_admin(_settings(config))
+    gateway = _gateway_for_admin(_settings(config), with_models=not blocked)
     with gateway.sessions.begin() as s:
         found = repo.get_client(s, name)
         if found is None:
@@ -233,6 +243,23 @@ def bind_socket(host: str, port: int) -> socket.socket:
 DEMO_CLIENT = "demo"
 
 
+def _demo_delta(victim: Path) -> float:
+    """PRADA's δ for the demo victim: the largest value with no flag on benign streams of held-out
+    digits (5 streams of 400 queries), less a 0.02 margin — what the PRADA docs prescribe."""
+    import torch
+
+    from stealproof.data import load_dataset
+    from stealproof.detectors import benign_streams, calibrate_delta
+    from stealproof.models import load_checkpoint
+
+    ds = load_dataset("digits")
+    assert ds.unlabeled is not None
+    held_out = torch.cat([ds.test.images, ds.unlabeled.images])
+    model, _ = load_checkpoint(victim)
+    streams = benign_streams(held_out, 5, 400, seed=1000)
+    return round(calibrate_delta(streams, model, margin=0.02), 4)
+
+
 def prepare_demo(workdir: Path, *, quiet: bool = False) -> Path:
     """Train (or reuse) a digits MLP in ``workdir``, write gateway.yaml, migrate, create the demo
     client and the admin key; returns the config path. Running it again reuses everything."""
@@ -258,6 +285,7 @@ def prepare_demo(workdir: Path, *, quiet: bool = False) -> Path:
         model, acc = train_victim(ds, sc.model, sc.victim_training, seed=0)
         save_checkpoint(model, victim, {"dataset": "digits", "test_acc": acc, "seed": 0})
     if not config.is_file():
+        delta = _demo_delta(victim)
         doc = {
             "models": [
                 {
@@ -266,8 +294,8 @@ def prepare_demo(workdir: Path, *, quiet: bool = False) -> Path:
                     "defense": "reverse_sigmoid",
                     "params": {"beta": 0.7, "gamma": 0.2},
                     "policy": {
-                        "detectors": [{"kind": "prada", "params": {"delta": 0.9}}],
-                        "max_flagged": 50,
+                        "detectors": [{"kind": "prada", "params": {"delta": delta}}],
+                        "max_flagged": 40,
                     },
                 }
             ],
@@ -330,7 +358,9 @@ def serve_cmd(
     _setup(threads or max(1, auto_threads() // workers), quiet=True)
     from stealproof.serve.app import CONFIG_ENV, build_gateway, create_app
 
+    settings.admin_key()  # a bad admin key fails before anything is served
     gateway, engine = build_gateway(settings)  # config, database and models checked up front
+    app = create_app(settings, gateway=gateway) if workers == 1 else None
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     url = f"http://{host}:{bound}"
@@ -359,8 +389,7 @@ def serve_cmd(
         )
     sys.stdout.flush()
     try:
-        if workers == 1:
-            app = create_app(settings, gateway=gateway)
+        if app is not None:
             server = uvicorn.Server(
                 uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
             )

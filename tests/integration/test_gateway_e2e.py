@@ -127,6 +127,26 @@ def test_knockoff_through_the_gateway_matches_in_process(
     assert db_snapshot(served["db"])["clients"]["alice"][0] == budget
 
 
+def test_attack_cli_targets_the_gateway(served: dict[str, Any], tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from stealproof.cli import app
+
+    key_file = tmp_path / "key"
+    key_file.write_text(served["keys"]["alice"] + "\n")
+    args = ["attack", "--target", served["url"], "--api-key-file", str(key_file), "--model",
+            "digits", "--dataset", "digits", "--budget", "200", "--epochs", "2", "--json",
+            "--threads", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["target"] == f"{served['url']} model digits" and row["queries_used"] == 200
+    assert row["defender_acc"] is None and 0.0 <= row["clone_acc"] <= 1.0
+    assert db_snapshot(served["db"])["clients"]["alice"][0] == 200
+
+
 def test_prada_thief_is_cut_off_and_stays_blocked_after_sigkill(
     victim_path: Path,
     db_url: str,  # noqa: F811

@@ -308,3 +308,56 @@ def test_openapi_schema_run_finds_no_server_error(gw: dict[str, Any]) -> None:
             failures.append(failure)
     assert not failures, "\n".join(failures[:5])
     assert len(calls) >= 15 and min(calls.values()) >= 1, calls  # every route was exercised
+
+
+def test_model_problems_name_the_model(victim: Path, tmp_path: Path) -> None:
+    from stealproof.serve.gateway import load_model
+
+    url = f"sqlite:///{tmp_path}/x.db"
+    cases = [
+        ({"policy": {"window": 100}}, r"models\[0\] \(digits\): policy: window and ratio"),
+        (
+            {"policy": {"detectors": [{"kind": "guardian", "bundle": "g.pt",
+                                       "params": {"threshold": 0.5}}]}},
+            r"models\[0\] \(digits\): policy\.detectors\[0\]\.params: unknown parameter "
+            r"'threshold' for guardian",
+        ),
+        ({"defense": "mad", "params": {}}, r"models\[0\] \(digits\): mad: .*prepare-defense"),
+        ({"checkpoint": Path("nope.pt")}, r"models\[0\] \(digits\): .*nope\.pt"),
+    ]  # fmt: skip
+    for change, pattern in cases:
+        config = write_config(tmp_path, victim, url)
+        settings = load_settings(config)
+        ms = settings.models[0].model_copy(update=change)
+        if "policy" in change:
+            from stealproof.serve.settings import PolicySettings
+
+            ms = ms.model_copy(update={"policy": PolicySettings(**change["policy"])})
+        with pytest.raises(ConfigError, match=pattern):
+            load_model(ms, settings, 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--target", "http://127.0.0.1:9", "--model", "m", "--dataset", "digits"], "--api-key"),
+        (["--target", "http://127.0.0.1:9", "--api-key", "k", "--dataset", "digits"], "--model"),
+        (["--target", "ftp://x", "--api-key", "k", "--model", "m"], "http:// or https://"),
+        (["--target", "http://127.0.0.1:9", "--api-key", "k", "--model", "m"], "--dataset"),
+        (["--target", "http://127.0.0.1:9", "--api-key", "k", "--model", "m",
+          "--dataset", "digits", "--defense", "mad"], "--defense: not with --target"),
+        (["--api-key", "k"], "--victim CHECKPOINT, or --target URL"),
+        (["--target", "http://127.0.0.1:1", "--api-key", "k", "--model", "m",
+          "--dataset", "digits"], "cannot reach the gateway"),
+    ],
+    ids=["no-key", "no-model", "not-http", "no-dataset", "defense", "nothing", "unreachable"],
+)  # fmt: skip
+def test_attack_target_is_checked_before_any_work(args: list[str], words: str) -> None:
+    from typer.testing import CliRunner
+
+    from stealproof.cli import app
+
+    result = CliRunner().invoke(app, ["attack", *args, "--budget", "20"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], lines

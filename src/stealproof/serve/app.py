@@ -38,7 +38,7 @@ def build_gateway(settings: ServeSettings) -> tuple[Gateway, Any]:
     engine = make_engine(settings.resolved_database_url())
     try:
         check_migrated(engine)
-        models = [load_model(ms, settings) for ms in settings.models]
+        models = [load_model(ms, settings, i) for i, ms in enumerate(settings.models)]
     except BaseException:
         engine.dispose()
         raise

@@ -104,31 +104,55 @@ def _detectors(
         key = d.kind if d.kind not in out else f"{d.kind}{i}"
         if d.kind == "prada":
             if d.bundle is not None:
-                raise ConfigError(f"model {ms.name}: policy.detectors[{i}]: prada takes no bundle")
+                raise ConfigError(f"policy.detectors[{i}]: prada takes no bundle")
             out[key] = PradaDetector(**d.params)
         else:
             if d.bundle is None:
                 raise ConfigError(
-                    f"model {ms.name}: policy.detectors[{i}]: guardian needs `bundle:` (the file "
+                    f"policy.detectors[{i}]: guardian needs `bundle:` (the file "
                     "`stealproof guardian train` wrote)"
                 )
-            out[key] = GuardianDetector.load(settings.path(d.bundle), victim=victim, **d.params)
+            extra = sorted(set(d.params) - {"batch_size"})
+            if extra:
+                raise ConfigError(
+                    f"policy.detectors[{i}].params: unknown parameter {extra[0]!r} for guardian "
+                    "(valid names: batch_size; its threshold is calibrated in the bundle)"
+                )
+            det = GuardianDetector.load(settings.path(d.bundle), victim=victim)
+            out[key] = GuardianDetector(det.bundle, batch_size=int(d.params.get("batch_size", 256)))
     return out
 
 
-def load_model(ms: ModelSettings, settings: ServeSettings) -> ServedModel:
-    """Load a configured model: checkpoint, defense (from its models directory) and policy."""
+def load_model(ms: ModelSettings, settings: ServeSettings, index: int = 0) -> ServedModel:
+    """Load a configured model: checkpoint, defense (from its models directory) and policy.
+
+    Every problem is a :class:`ConfigError` naming the model (``models[i] (name): ...``).
+    """
+    from pydantic import ValidationError
+
+    try:
+        return _load_model(ms, settings)
+    except ValidationError as e:  # the policy's own checks (window and ratio together)
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        where = f"policy.{loc}" if loc else "policy"
+        raise ConfigError(f"models[{index}] ({ms.name}): {where}: {msg}") from None
+    except StealproofError as e:
+        raise ConfigError(f"models[{index}] ({ms.name}): {e}") from None
+
+
+def _load_model(ms: ModelSettings, settings: ServeSettings) -> ServedModel:
     from stealproof import defenses
     from stealproof.defense_models import build_defense
     from stealproof.models import load_checkpoint
 
-    where = f"model {ms.name}"
     victim, _meta = load_checkpoint(settings.path(ms.checkpoint))
     victim.eval()
     shape = getattr(victim, "input_shape", None)
     k = getattr(victim, "num_classes", None)
     if shape is None or k is None or len(tuple(shape)) != 3:
-        raise ConfigError(f"{where}: checkpoint {ms.checkpoint} is not a stealproof classifier")
+        raise ConfigError(f"checkpoint {ms.checkpoint} is not a stealproof classifier")
     cls = defenses.get_defense_class(ms.defense)
     params = dict(ms.params)
     if "seed" in type(cls.make_config()).model_fields and "seed" not in params:
@@ -140,7 +164,7 @@ def load_model(ms: ModelSettings, settings: ServeSettings) -> ServedModel:
             normal = defenses.create(ms.defense, **params)
     except StealproofError as e:
         raise ConfigError(
-            f"{where}: {e}"
+            f"{e}"
             + (
                 f" (build its models with `stealproof prepare-defense --victim {ms.checkpoint} "
                 f"--defense {ms.defense} --out DIR` and set models_dir: DIR)"
