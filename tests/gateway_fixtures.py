@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,6 +158,13 @@ def start_server(config: Path, *, timeout: float = 90.0, extra: tuple[str, ...] 
         proc.kill()
         raise AssertionError("server did not start:\n" + "".join(lines))
     server = Server(proc, url, lines)
+
+    def drain() -> None:  # keep reading, or a full pipe would stall the server's logging
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=2).json() == {"ready": True}:

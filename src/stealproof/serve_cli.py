@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -91,7 +92,9 @@ def keys_create(
     config: ConfigOpt,
     quota: Annotated[
         int | None,
-        typer.Option("--quota", min=0, help="Row quota of a new client (default: the config's)."),
+        typer.Option(
+            "--quota", min=0, max=2**62, help="Row quota of a new client (default: the config's)."
+        ),
     ] = None,
 ) -> None:
     """Issue an API key for a client (created when new); prints the key once, on stdout."""
@@ -357,9 +360,11 @@ def serve_cmd(
     settings = _settings(config)
     _setup(threads or max(1, auto_threads() // workers), quiet=True)
     from stealproof.serve.app import CONFIG_ENV, build_gateway, create_app
+    from stealproof.serve.metrics import prepare_multiprocess
 
     settings.admin_key()  # a bad admin key fails before anything is served
     gateway, engine = build_gateway(settings)  # config, database and models checked up front
+    multiproc_dir = prepare_multiprocess(workers)  # workers share metrics through files there
     app = create_app(settings, gateway=gateway) if workers == 1 else None
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
@@ -408,6 +413,8 @@ def serve_cmd(
     finally:
         sock.close()
         engine.dispose()
+        if multiproc_dir is not None:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -24,6 +24,7 @@ from stealproof.serve.db.engine import is_postgres, make_engine, make_sessionmak
 from stealproof.serve.db.migrate import check_migrated
 from stealproof.serve.errors import GatewayError
 from stealproof.serve.gateway import Gateway, load_model
+from stealproof.serve.metrics import InferMetricsMiddleware, Metrics
 from stealproof.serve.protocol import ProtocolError
 from stealproof.serve.settings import ServeSettings, load_settings
 
@@ -66,7 +67,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: ServeSettings, *, gateway: Gateway | None = None) -> FastAPI:
     """The gateway app for ``settings`` (pass a ready ``gateway`` to skip loading in tests)."""
-    from stealproof.serve.routes import admin, clients, v2
+    from stealproof.serve.routes import admin, clients, metrics, ui, v2
 
     admin_key = settings.admin_key()  # a bad admin key fails here, before serving
 
@@ -77,6 +78,7 @@ def create_app(settings: ServeSettings, *, gateway: Gateway | None = None) -> Fa
             app.state.gateway, engine = build_gateway(settings)
         else:
             app.state.gateway = gateway
+        app.state.metrics.attach(app.state.gateway)
         try:
             yield
         finally:
@@ -91,8 +93,11 @@ def create_app(settings: ServeSettings, *, gateway: Gateway | None = None) -> Fa
     )
     app.state.settings = settings
     app.state.admin_key = admin_key
+    app.state.metrics = Metrics(lambda: _read_session(app))
     if gateway is not None:
         app.state.gateway = gateway  # usable without running the lifespan (schema tests)
+        app.state.metrics.attach(gateway)
+    app.add_middleware(InferMetricsMiddleware)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
@@ -117,7 +122,15 @@ def create_app(settings: ServeSettings, *, gateway: Gateway | None = None) -> Fa
     app.include_router(v2.router)
     app.include_router(clients.router)
     app.include_router(admin.router)
+    app.include_router(ui.router)
+    app.include_router(metrics.router)
     return app
+
+
+def _read_session(app: FastAPI) -> Any:
+    """A read session of the app's gateway, None before the lifespan built it (metrics)."""
+    gateway: Gateway | None = getattr(app.state, "gateway", None)
+    return None if gateway is None else gateway.read_session()
 
 
 def app_from_env() -> FastAPI:

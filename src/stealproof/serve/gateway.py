@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from sqlalchemy import select
@@ -192,6 +193,24 @@ def _load_model(ms: ModelSettings, settings: ServeSettings) -> ServedModel:
     )
 
 
+class GatewayObserver(Protocol):
+    """What the gateway reports per served request (``stealproof.serve.metrics`` implements it).
+
+    Times are seconds; ``action`` is ``normal`` or ``deceptive``. Refused requests are counted
+    by the HTTP layer, which sees every refusal (authentication, validation, block, quota).
+    """
+
+    def observe_forward(self, model: str, version: str, seconds: float) -> None: ...
+
+    def observe_policy(self, model: str, version: str, seconds: float) -> None: ...
+
+    def observe_database(self, model: str, version: str, seconds: float) -> None: ...
+
+    def count_rows(self, model: str, version: str, action: str, rows: int) -> None: ...
+
+    def count_detector_flags(self, model: str, version: str, detector: str, rows: int) -> None: ...
+
+
 @dataclass
 class Gateway:
     """Models, the database and the per-request flow (see the module doc)."""
@@ -201,6 +220,7 @@ class Gateway:
     sessions: sessionmaker[Session]
     readers: sessionmaker[Session] | None = None
     is_postgres: bool = False
+    observer: GatewayObserver | None = None
 
     def read_session(self) -> Session:
         """A session for reads (on SQLite it neither waits for nor blocks a writer)."""
@@ -270,52 +290,78 @@ class Gateway:
                 raise Unauthorized("invalid API key")
             self._refuse(s, c, n)
         x = x.to(dtype=input_dtype(served.victim))
+        t0 = time.perf_counter()
         clean, logits = victim_posteriors(served.victim, x)
+        t_forward = time.perf_counter() - t0
         hashes = row_hashes(x)
         key = str(client.id)
         policy = served.policy
-        try:
-            with self.sessions.begin() as s:
-                c = repo.lock_client(s, client.id)
-                self._refuse(s, c, n)
-                row = repo.load_state(s, c.id, served.key)
+        t1 = time.perf_counter()
+        with self.sessions.begin() as s:
+            c = repo.lock_client(s, client.id)
+            self._refuse(s, c, n)
+            row = repo.load_state(s, c.id, served.key)
+            t2 = time.perf_counter()
+            # The policy object is shared by the worker's threads; the client's state lives in it
+            # only while this transaction holds the client's lock, so another request of the
+            # same client never sees it half-updated.
+            try:
                 policy.load_client_state(key, loads_state(row.state) if row is not None else {})
                 try:
                     resp = policy.respond(key, x, clean, logits)
                 except ClientBlockedError:
                     raise Forbidden(BLOCKED_MESSAGE) from None
-                released = apply_output_mode(resp.released, served.output, served.top_k)  # type: ignore[arg-type]
-                flags = resp.flags.cpu()
-                flagged = int(flags.sum())
-                repo.save_state(
-                    s,
-                    c.id,
-                    served.key,
-                    dumps_state(policy.client_state(key)),
-                    policy_blocked=resp.blocked,
-                    reason=resp.reason,
-                )
-                repo.charge(s, c, n, flagged)
-                entry = repo.append_log(
-                    s,
-                    c.id,
-                    served.name,
-                    served.version,
-                    n,
-                    hashes,
-                    ["deceptive" if f else "normal" for f in flags.tolist()],
-                    [round(float(v), 7) for v in l1_distance(released, clean).tolist()],
-                    {k: [round(float(v), 7) for v in t.tolist()] for k, t in resp.scores.items()},
-                )
-                s.flush()
-                log_id = int(entry.id)
-            # committed: only now is the answer released
-        finally:
-            policy.reset_client(key)  # the database holds the state; keep no copy in memory
+                state = dumps_state(policy.client_state(key))
+            finally:
+                policy.reset_client(key)
+            released = apply_output_mode(resp.released, served.output, served.top_k)  # type: ignore[arg-type]
+            t_policy = time.perf_counter() - t2
+            flags = resp.flags.cpu()
+            flagged = int(flags.sum())
+            repo.save_state(
+                s, c.id, served.key, state, policy_blocked=resp.blocked, reason=resp.reason
+            )
+            repo.charge(s, c, n, flagged)
+            entry = repo.append_log(
+                s,
+                c.id,
+                served.name,
+                served.version,
+                n,
+                hashes,
+                ["deceptive" if f else "normal" for f in flags.tolist()],
+                [round(float(v), 7) for v in l1_distance(released, clean).tolist()],
+                {k: [round(float(v), 7) for v in t.tolist()] for k, t in resp.scores.items()},
+            )
+            s.flush()
+            log_id = int(entry.id)
+        # committed: only now is the answer released
+        if self.observer is not None:
+            self._report(served, t_forward, t_policy, time.perf_counter() - t1 - t_policy, resp)
         out = released.argmax(dim=1) if served.output == "label" else released
         if resp.blocked:
             log.info("client %s blocked on %s: %s", client.name, served.key, resp.reason)
         return Answer(out.cpu(), n, log_id, blocked_now=resp.blocked)
+
+    def _report(
+        self, served: ServedModel, forward: float, policy: float, database: float, resp: Any
+    ) -> None:
+        obs = self.observer
+        assert obs is not None
+        name, version = served.name, served.version
+        obs.observe_forward(name, version, forward)
+        obs.observe_policy(name, version, policy)
+        obs.observe_database(name, version, database)
+        flagged = int(resp.flags.sum())
+        obs.count_rows(name, version, "normal", int(resp.flags.numel()) - flagged)
+        obs.count_rows(name, version, "deceptive", flagged)
+        for det, f in resp.detector_flags.items():
+            obs.count_detector_flags(name, version, det, int(f.sum()))
+
+    def mark_delivered(self, log_id: int) -> None:
+        """Mark a logged answer as handed to the client's connection (after the response)."""
+        with self.sessions.begin() as s:
+            repo.mark_delivered(s, log_id)
 
     # ------------------------------------------------------------------ clients
 

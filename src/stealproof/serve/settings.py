@@ -22,6 +22,8 @@ from stealproof.errors import ConfigError
 #: Placeholder secrets a deployment must not run with.
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "secret", "admin", "password", "test"})
 MIN_ADMIN_KEY_LENGTH = 32
+#: The largest row quota (counters are 64-bit integers in the database).
+MAX_QUOTA_ROWS = 2**62
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -81,7 +83,10 @@ class ServeSettings(BaseSettings):
     max_rows_per_request: int = Field(256, ge=1, le=65536)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     quota_rows: int | None = Field(
-        None, ge=0, description="rows a new client may query in all (None: no quota)"
+        None,
+        ge=0,
+        le=MAX_QUOTA_ROWS,
+        description="rows a new client may query in all (None: no quota)",
     )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL (default: SQLite stealproof.db next to the config)"

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -102,6 +103,9 @@ class QueryLog(Base):
     actions: Mapped[list[str]] = mapped_column(JSON)
     l1: Mapped[list[float | None]] = mapped_column(JSON)
     scores: Mapped[dict[str, list[float | None]]] = mapped_column(JSON)
+    #: set once the answer was handed to the client's connection; a row left ``False`` belongs to
+    #: a worker that died between the commit and the response (decided and charged, not sent)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=true())
 
     def __repr__(self) -> str:
         return f"QueryLog(id={self.id!r}, client_id={self.client_id!r}, rows={self.rows!r})"

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -74,9 +74,9 @@ def create_client(s: Session, name: str, *, quota_rows: int | None = None) -> Cl
         raise InputValidationError(
             f"client name: expected 1 to {NAME_LENGTH} characters, got {name!r}"
         )
-    if quota_rows is not None and (isinstance(quota_rows, bool) or quota_rows < 0):
+    if quota_rows is not None and (isinstance(quota_rows, bool) or not 0 <= quota_rows <= 2**62):
         raise InputValidationError(
-            f"quota_rows: expected a non-negative integer or None, got {quota_rows!r}"
+            f"quota_rows: expected an integer in [0, 2**62] or None, got {quota_rows!r}"
         )
     if get_client(s, name) is not None:
         raise ClientExistsError(f"client {name!r} already exists")
@@ -318,6 +318,11 @@ def _json_float(x: float) -> float | None:
     """A float JSON can hold: NaN and infinities become ``None`` (JSON has no spelling for them)."""
     f = float(x)
     return f if math.isfinite(f) else None
+
+
+def mark_delivered(s: Session, log_id: int) -> None:
+    """Record that the answer logged as ``log_id`` was handed to the client's connection."""
+    s.execute(update(QueryLog).where(QueryLog.id == log_id).values(delivered=True))
 
 
 def recent_log(s: Session, client_id: int, limit: int = 50) -> list[QueryLog]:

@@ -14,7 +14,7 @@ from stealproof.serve.errors import GatewayError, NotFound
 from stealproof.serve.gateway import Gateway, _iso
 from stealproof.serve.routes.v2 import ErrorBody
 from stealproof.serve.security import parse_key
-from stealproof.serve.settings import _NAME
+from stealproof.serve.settings import _NAME, MAX_QUOTA_ROWS
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -26,7 +26,7 @@ router = APIRouter(
 
 class NewClient(BaseModel):
     name: str = Field(pattern=_NAME)
-    quota_rows: int | None = Field(None, ge=0)
+    quota_rows: int | None = Field(None, ge=0, le=MAX_QUOTA_ROWS)
 
 
 class BlockRequest(BaseModel):
@@ -62,7 +62,8 @@ class LogEntry(BaseModel):
     input_sha256: list[str]
     actions: list[str]
     l1: list[float]
-    scores: dict[str, list[float]]
+    scores: dict[str, list[float | None]]
+    delivered: bool = Field(description="the answer was handed to the client's connection")
 
 
 def _issued(client: str, key: str) -> dict[str, Any]:
@@ -176,6 +177,7 @@ def client_log(
                 "actions": e.actions,
                 "l1": e.l1,
                 "scores": e.scores,
+                "delivered": e.delivered,
             }
             for e in repo.recent_log(s, c.id, limit=limit)
         ]

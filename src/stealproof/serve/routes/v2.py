@@ -6,12 +6,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from stealproof import __version__
 from stealproof.serve import protocol
 from stealproof.serve.deps import ClientDep, GatewayDep
 from stealproof.serve.errors import TooLarge
+from stealproof.serve.metrics import note_rows
 
 router = APIRouter(prefix="/v2", tags=["inference"])
 
@@ -210,7 +212,9 @@ async def _infer(
         max_bytes=settings.max_body_bytes,
         available_outputs=(served.output_name,),
     )
+    note_rows(request, int(parsed.x.shape[0]))  # refused from here on: rows are known
     answer = await run_in_threadpool(gateway.infer, client, served, parsed.x)
+    note_rows(request, answer.rows, served=True)
     content, headers = protocol.encode_infer_response(
         model_name=served.name,
         model_version=served.version,
@@ -220,7 +224,9 @@ async def _infer(
         binary=parsed.binary_output,
     )
     media = headers.pop("content-type", headers.pop("Content-Type", "application/json"))
-    return Response(content=content, media_type=media, headers=headers)
+    # runs once the response was sent: a worker that dies before leaves the row undelivered
+    delivered = BackgroundTask(gateway.mark_delivered, answer.log_id)
+    return Response(content=content, media_type=media, headers=headers, background=delivered)
 
 
 _INFER_RESPONSES = {
