@@ -202,10 +202,20 @@ class DetectionPolicy:
             raise ClientBlockedError(client_id, st.reason)
 
     def respond(
-        self, client_id: str, x: Tensor, y: Tensor, logits: Tensor | None = None
+        self,
+        client_id: str,
+        x: Tensor,
+        y: Tensor,
+        logits: Tensor | None = None,
+        *,
+        normal: Tensor | None = None,
     ) -> PolicyResponse:
         """Decide one batch of ``client_id``: images ``x`` [B,C,H,W], clean posteriors ``y``
         [B,K] and optionally the victim's logits; update the client's state; return the answers.
+
+        ``normal`` is this batch's answer from the normal defense when the caller already has
+        it (the gateway runs the defense once for requests batched together: defenses are
+        batch-invariant, so the rows are the same as a call here would give).
 
         Raises :class:`~stealproof.errors.ClientBlockedError` before anything else when the
         client is blocked (nothing is observed or counted then).
@@ -228,7 +238,14 @@ class DetectionPolicy:
             scores[key] = out.scores.detach().cpu()
             det_flags[key] = out.flags.detach().cpu().bool()
             flags |= det_flags[key]
-        released = self.defense(x, y, logits)
+        if normal is None:
+            released = self.defense(x, y, logits)
+        else:
+            released = check_posteriors(normal, "normal")
+            if released.shape != y.shape:
+                raise InputValidationError(
+                    f"normal: expected {tuple(y.shape)} answers, got {tuple(released.shape)}"
+                )
         if bool(flags.any()):
             rows = flags.to(y.device)
             fake = self.deceptive(x[rows], y[rows], None if logits is None else logits[rows])

@@ -198,14 +198,18 @@ def _replay(victim: Path, streams: dict[str, torch.Tensor], logs: list[Any]) -> 
     return replay
 
 
-def _worker_pids(pid: int) -> list[int]:
-    """uvicorn's worker processes under the server process ``pid``."""
-    out = []
+def _busiest_worker(pid: int) -> int:
+    """The uvicorn worker under the server process ``pid`` holding the most sockets (open
+    client connections), so that killing it interrupts requests in flight."""
+    sockets = {}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-        if b"spawn_main" in cmd:
-            out.append(int(child))
-    return out
+        if b"spawn_main" not in Path(f"/proc/{child}/cmdline").read_bytes():
+            continue  # not a worker (multiprocessing's resource tracker)
+        fds = Path(f"/proc/{child}/fd")
+        sockets[int(child)] = sum(
+            1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:")
+        )
+    return max(sockets, key=lambda p: sockets[p])
 
 
 @pytest.mark.parametrize(("kind", "workers"), [("sqlite", 1), ("postgresql", 4)])
@@ -236,10 +240,10 @@ def test_a_killed_worker_loses_no_answer_and_no_decision(
         keys = create_clients(url, *streams)
         server = start_server(config, extra=("--workers", str(workers)))
         try:
-            target = _worker_pids(server.proc.pid)[0] if workers > 1 else server.proc.pid
 
             def kill_once(n: int) -> None:
                 if n == 300 and not killed:
+                    target = _busiest_worker(server.proc.pid) if workers > 1 else server.proc.pid
                     os.kill(target, signal.SIGKILL)
                     killed.append(target)
 

@@ -93,6 +93,7 @@ def create_app(settings: ServeSettings, *, gateway: Gateway | None = None) -> Fa
     )
     app.state.settings = settings
     app.state.admin_key = admin_key
+    app.state.batchers = {}  # model key -> ForwardBatcher, made on first use
     app.state.metrics = Metrics(lambda: _read_session(app))
     if gateway is not None:
         app.state.gateway = gateway  # usable without running the lifespan (schema tests)

@@ -282,17 +282,45 @@ class Gateway:
             )
 
     def infer(self, client: ClientRef, served: ServedModel, x: Tensor) -> Answer:
-        """Answer a checked batch ``x`` [B, C, H, W] in [0, 1] for ``client`` (module doc)."""
-        n = int(x.shape[0])
+        """Answer a checked batch ``x`` [B, C, H, W] in [0, 1] for ``client`` (module doc):
+        :meth:`precheck`, :meth:`forward` and :meth:`decide` in turn, unbatched."""
+        self.precheck(client, int(x.shape[0]))
+        x = x.to(dtype=input_dtype(served.victim))
+        t0 = time.perf_counter()
+        clean, logits, normal = self.forward(served, x)
+        return self.decide(client, served, x, clean, logits, normal, time.perf_counter() - t0)
+
+    def precheck(self, client: ClientRef, rows: int) -> None:
+        """Refuse (403, 429) before the model runs, without taking the client's lock."""
         with self.read_session() as s:
             c = s.get(Client, client.id)
             if c is None:
                 raise Unauthorized("invalid API key")
-            self._refuse(s, c, n)
+            self._refuse(s, c, rows)
+
+    @staticmethod
+    def forward(served: ServedModel, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Clean posteriors, logits and the normal defense's answers for a batch (of one or of
+        several requests: the defense is batch-invariant)."""
         x = x.to(dtype=input_dtype(served.victim))
-        t0 = time.perf_counter()
         clean, logits = victim_posteriors(served.victim, x)
-        t_forward = time.perf_counter() - t0
+        normal = served.policy.defense(x.to(clean.device), clean, logits)
+        return clean, logits, normal
+
+    def decide(
+        self,
+        client: ClientRef,
+        served: ServedModel,
+        x: Tensor,
+        clean: Tensor,
+        logits: Tensor,
+        normal: Tensor,
+        t_forward: float = 0.0,
+    ) -> Answer:
+        """Under the client's lock: its policy state, detectors, deceptive answers, termination,
+        state + counters + log, commit (module doc). ``t_forward`` is reported to the observer."""
+        n = int(x.shape[0])
+        x = x.to(dtype=input_dtype(served.victim))
         hashes = row_hashes(x)
         key = str(client.id)
         policy = served.policy
@@ -308,7 +336,7 @@ class Gateway:
             try:
                 policy.load_client_state(key, loads_state(row.state) if row is not None else {})
                 try:
-                    resp = policy.respond(key, x, clean, logits)
+                    resp = policy.respond(key, x.to(clean.device), clean, logits, normal=normal)
                 except ClientBlockedError:
                     raise Forbidden(BLOCKED_MESSAGE) from None
                 state = dumps_state(policy.client_state(key))

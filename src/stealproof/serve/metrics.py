@@ -305,23 +305,35 @@ class InferMetricsMiddleware:
         holder: dict[str, Any] = {"rows": 0, "served": False}
         scope[_SCOPE_KEY] = holder
         status = 500
+        counted = False
         t0 = time.perf_counter()
 
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
+        def count() -> None:
+            nonlocal counted
+            if counted:
+                return
+            counted = True
             model, version = _labels(getattr(state, "gateway", None), *match.groups())
             metrics.count_request(model, version, status)
             if status == 200 and holder["served"]:
                 metrics.observe_request(model, version, time.perf_counter() - t0)
             elif not holder["served"]:
                 metrics.count_refused_rows(model, version, int(holder["rows"]))
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # counted before the last byte leaves: a client that sees the answer and then
+                # scrapes /metrics finds it counted (background work runs after this)
+                count()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            count()  # a request that ended without a complete response
 
 
 # ----------------------------------------------------------------------------- multiprocess

@@ -69,6 +69,17 @@ class ModelSettings(BaseModel):
     seed: int = Field(0, ge=0, description="seed of the defense's randomness")
 
 
+class BatchingSettings(BaseModel):
+    """Dynamic batching of concurrent requests' model work (see stealproof.serve.batching)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=100, description="how long a request waits for others (0: no batching)"
+    )
+    max_rows: int = Field(64, ge=1, le=65536, description="rows that start a batch at once")
+
+
 class ServeSettings(BaseSettings):
     """Everything ``stealproof serve`` needs (see the module doc for the environment)."""
 
@@ -81,6 +92,7 @@ class ServeSettings(BaseSettings):
 
     models: list[ModelSettings] = Field(min_length=1)
     max_rows_per_request: int = Field(256, ge=1, le=65536)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     quota_rows: int | None = Field(
         None,

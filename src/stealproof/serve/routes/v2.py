@@ -11,8 +11,10 @@ from starlette.concurrency import run_in_threadpool
 
 from stealproof import __version__
 from stealproof.serve import protocol
+from stealproof.serve.batching import ForwardBatcher
 from stealproof.serve.deps import ClientDep, GatewayDep
 from stealproof.serve.errors import TooLarge
+from stealproof.serve.gateway import Gateway, ServedModel
 from stealproof.serve.metrics import note_rows
 
 router = APIRouter(prefix="/v2", tags=["inference"])
@@ -193,6 +195,19 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
+def _batcher(
+    request: Request, served: ServedModel, max_wait: float, max_rows: int
+) -> ForwardBatcher:
+    """The app's batcher of ``served`` (one per model version and event loop)."""
+    batchers: dict[str, ForwardBatcher] = request.app.state.batchers
+    batcher = batchers.get(served.key)
+    if batcher is None:
+        batcher = batchers[served.key] = ForwardBatcher(
+            lambda x: Gateway.forward(served, x), max_wait=max_wait, max_rows=max_rows
+        )
+    return batcher
+
+
 async def _infer(
     request: Request,
     gateway: GatewayDep,
@@ -213,7 +228,16 @@ async def _infer(
         available_outputs=(served.output_name,),
     )
     note_rows(request, int(parsed.x.shape[0]))  # refused from here on: rows are known
-    answer = await run_in_threadpool(gateway.infer, client, served, parsed.x)
+    batching = settings.batching
+    if batching.max_wait_ms > 0:
+        await run_in_threadpool(gateway.precheck, client, int(parsed.x.shape[0]))
+        batcher = _batcher(request, served, batching.max_wait_ms / 1000, batching.max_rows)
+        (clean, logits, normal), seconds = await batcher.submit(parsed.x)
+        answer = await run_in_threadpool(
+            gateway.decide, client, served, parsed.x, clean, logits, normal, seconds
+        )
+    else:
+        answer = await run_in_threadpool(gateway.infer, client, served, parsed.x)
     note_rows(request, answer.rows, served=True)
     content, headers = protocol.encode_infer_response(
         model_name=served.name,
