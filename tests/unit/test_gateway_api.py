@@ -361,3 +361,44 @@ def test_attack_target_is_checked_before_any_work(args: list[str], words: str) -
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], lines
+
+
+def test_guardian_policy_answers_deceptively_then_blocks(
+    victim: Path,
+    db_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A guardian detector configured by bundle path: a bundle stamped for this victim whose
+    threshold flags every row → deceptive answers (top-1 kept), then 403 after max_flagged."""
+    from stealproof.detectors.guardian import GuardianBundle, TransformNet
+    from stealproof.fingerprint import make_stamp
+    from stealproof.models import load_checkpoint
+
+    model, _ = load_checkpoint(victim)
+    torch.manual_seed(0)
+    detector = create_model("mlp", in_channels=1, image_size=(8, 8), num_classes=2, hidden=(8,))
+    GuardianBundle(
+        TransformNet((1, 8, 8), width=4).eval(),
+        {"dfme": detector.eval()},
+        threshold=-1e9,
+        meta={"sources": ["dfme"]},
+        stamp=make_stamp(model, {}),
+    ).save(tmp_path / "g.pt")
+    policy = {"detectors": [{"kind": "guardian", "bundle": "g.pt"}], "max_flagged": 5}
+    config = write_config(tmp_path, victim, db_url, policy=policy)
+    keys = create_clients(db_url, "mallory")
+    with TestClient(create_app(load_settings(config))) as c:
+        h = auth(keys["mallory"])
+        x = images(3)
+        r = c.post("/v2/models/digits/infer", json=body(x), headers=h)
+        assert r.status_code == 200, r.text
+        got = torch.tensor(r.json()["outputs"][0]["data"]).reshape(3, 10)
+        assert torch.equal(got.argmax(1), model(torch.from_numpy(x)).argmax(1))  # top-1 kept
+        assert (
+            c.post("/v2/models/digits/infer", json=body(images(3, 1)), headers=h).status_code == 200
+        )
+        r = c.post("/v2/models/digits/infer", json=body(images(1, 2)), headers=h)
+        assert r.status_code == 403 and "blocked" in r.json()["error"]
+        log = c.get("/v1/admin/clients/mallory/log", headers=ADMIN).json()
+        assert [a for e in reversed(log) for a in e["actions"]] == ["deceptive"] * 6
+        assert c.get("/v1/clients/me", headers=h).json()["standing"] == "blocked"
