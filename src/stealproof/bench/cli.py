@@ -138,8 +138,16 @@ def run_cmd(
             )
     except KeyboardInterrupt:
         done = plan.skipped + len(ran)
+        try:  # what the file holds: a row written just before the signal counts too
+            from stealproof.bench.store import ResultStore
+
+            kept = ResultStore(out).index()
+            done = max(done, sum(1 for c in plan.cells if c.cell_hash() in kept))
+        except Exception:  # the file being unreadable must not hide the message
+            pass
         err_console.print(
-            f"interrupted: {done} of {len(plan.cells)} cells finished ({len(ran)} in this run) "
+            f"interrupted: {done} of {len(plan.cells)} cells finished "
+            f"({max(len(ran), done - plan.skipped)} in this run) "
             f"and are kept in {out / 'results.jsonl'}; re-run the same command (same --out) to "
             "resume with the missing cells",
             highlight=False,
