@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,14 +119,26 @@ class Server:
     output: list[str] = field(default_factory=list)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Stop the server: SIGTERM lets uvicorn stop its workers; SIGKILL (a crash) goes to
+        the whole process group, or the workers would outlive the killed supervisor."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=timeout)
+        _reap_group(self.proc.pid)
         return int(self.proc.returncode)
+
+
+def _reap_group(pgid: int) -> None:
+    """Kill whatever is left of a server's process group (workers of a killed supervisor)."""
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def start_server(config: Path, *, timeout: float = 90.0, extra: tuple[str, ...] = ()) -> Server:
@@ -139,6 +151,7 @@ def start_server(config: Path, *, timeout: float = 90.0, extra: tuple[str, ...] 
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=True,  # its own process group: stop() can kill the workers too
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -155,7 +168,8 @@ def start_server(config: Path, *, timeout: float = 90.0, extra: tuple[str, ...] 
         if m:
             url = m.group(1)
     if url is None:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
         raise AssertionError("server did not start:\n" + "".join(lines))
     server = Server(proc, url, lines)
 
