@@ -692,7 +692,7 @@ def attack(
         source = "a generator" if data_free else pool
         against = defense if remote is None else row["target"]
         table = Table(title=f"{row['attack']} vs {against} ({budget} queries from {source})")
-        for k in ("defender_acc", "l1_mean", "clone_acc", "clone_fidelity"):
+        for k in table_keys():
             table.add_column(k, justify="right")
         table.add_row(*(_cell(row[k], k != "l1_mean") for k in table_keys()))
         console.print(table)
@@ -736,9 +736,9 @@ def _remote_options(
     if target is None:
         if victim is None:
             raise ConfigError("attack: pass --victim CHECKPOINT, or --target URL for a gateway")
-        for opt in ("--api-key", "--api-key-file", "--model"):
-            given = {"--api-key": api_key, "--api-key-file": api_key_file, "--model": served_model}
-            if given[opt] is not None:
+        given = {"--api-key": api_key, "--api-key-file": api_key_file, "--model": served_model}
+        for opt, value in given.items():
+            if value is not None:
                 raise ConfigError(f"{opt}: only with --target URL")
         return None
     if not target.startswith(("http://", "https://")):

@@ -35,12 +35,8 @@ def _settings(config: Path) -> ServeSettings:
 
 
 def _sessions(settings: ServeSettings) -> Any:
-    from stealproof.serve.db.engine import make_engine, make_sessionmaker
-    from stealproof.serve.db.migrate import check_migrated
-
-    engine = make_engine(settings.resolved_database_url())
-    check_migrated(engine)
-    return make_sessionmaker(engine)
+    """Write sessions on the configured database (refused when it is not migrated)."""
+    return _gateway_for_admin(settings).sessions
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -140,17 +136,9 @@ def keys_revoke(
 def _gateway_for_admin(settings: ServeSettings, *, with_models: bool = False) -> Any:
     """A gateway over the configured database; models are loaded only when asked for (to lift
     policy blocks, the policies' state is needed)."""
-    if with_models:
-        from stealproof.serve.app import build_gateway
+    from stealproof.serve.app import build_gateway
 
-        return build_gateway(settings)[0]
-    from stealproof.serve.db.engine import make_engine, make_sessionmaker
-    from stealproof.serve.db.migrate import check_migrated
-    from stealproof.serve.gateway import Gateway
-
-    engine = make_engine(settings.resolved_database_url())
-    check_migrated(engine)
-    return Gateway(settings, [], make_sessionmaker(engine), make_sessionmaker(engine, write=False))
+    return build_gateway(settings, with_models=with_models)[0]
 
 
 @clients_app.command("list")

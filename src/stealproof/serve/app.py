@@ -34,12 +34,19 @@ log = logging.getLogger(__name__)
 CONFIG_ENV = "STEALPROOF_SERVE_CONFIG"
 
 
-def build_gateway(settings: ServeSettings) -> tuple[Gateway, Any]:
-    """Open the database (checked to be migrated) and load the models → (gateway, engine)."""
+def build_gateway(settings: ServeSettings, *, with_models: bool = True) -> tuple[Gateway, Any]:
+    """Open the database (checked to be migrated) and load the models → (gateway, engine).
+
+    ``with_models=False`` skips loading them, for administration that needs only the database.
+    """
     engine = make_engine(settings.resolved_database_url())
     try:
         check_migrated(engine)
-        models = [load_model(ms, settings, i) for i, ms in enumerate(settings.models)]
+        models = (
+            [load_model(ms, settings, i) for i, ms in enumerate(settings.models)]
+            if with_models
+            else []
+        )
     except BaseException:
         engine.dispose()
         raise

@@ -11,7 +11,7 @@ from stealproof.serve.db import repo
 from stealproof.serve.db.models import Client
 from stealproof.serve.deps import AdminDep, GatewayDep
 from stealproof.serve.errors import GatewayError, NotFound
-from stealproof.serve.gateway import Gateway, _iso
+from stealproof.serve.gateway import _iso
 from stealproof.serve.routes.v2 import ErrorBody
 from stealproof.serve.security import parse_key
 from stealproof.serve.settings import _NAME, MAX_QUOTA_ROWS
@@ -72,7 +72,7 @@ def _issued(client: str, key: str) -> dict[str, Any]:
     return {"client": client, "key_id": parsed[0], "key": key}
 
 
-def _client(gateway: Gateway, s: Any, name: str) -> Client:
+def _client(s: Any, name: str) -> Client:
     c = repo.get_client(s, name)
     if c is None:
         raise NotFound(f"unknown client {name!r}")
@@ -106,7 +106,7 @@ def list_clients(gateway: GatewayDep) -> list[dict[str, Any]]:
 def get_client(name: str, gateway: GatewayDep) -> dict[str, Any]:
     """One client's usage and standing."""
     with gateway.read_session() as s:
-        return gateway.client_summary(s, _client(gateway, s, name))
+        return gateway.client_summary(s, _client(s, name))
 
 
 @router.post(
@@ -116,7 +116,7 @@ def block(name: str, gateway: GatewayDep, body: BlockRequest | None = None) -> d
     """Block a client: its next requests get 403."""
     reason = (body or BlockRequest()).reason
     with gateway.sessions.begin() as s:
-        c = repo.lock_client(s, _client(gateway, s, name).id)
+        c = repo.lock_client(s, _client(s, name).id)
         repo.set_admin_block(s, c, True, reason)
         out = gateway.client_summary(s, c)
     return out
@@ -128,7 +128,7 @@ def block(name: str, gateway: GatewayDep, body: BlockRequest | None = None) -> d
 def unblock(name: str, gateway: GatewayDep) -> dict[str, Any]:
     """Lift an administrator's block and every policy block of the client."""
     with gateway.sessions.begin() as s:
-        c = repo.lock_client(s, _client(gateway, s, name).id)
+        c = repo.lock_client(s, _client(s, name).id)
         repo.set_admin_block(s, c, False, None)
         gateway.unblock_policy(s, c)
         out = gateway.client_summary(s, c)
@@ -144,7 +144,7 @@ def unblock(name: str, gateway: GatewayDep) -> dict[str, Any]:
 def issue_key(name: str, gateway: GatewayDep) -> dict[str, Any]:
     """Issue another API key for a client (returned once)."""
     with gateway.sessions.begin() as s:
-        c = _client(gateway, s, name)
+        c = _client(s, name)
         key = repo.add_key(s, c)
     return _issued(name, key)
 
@@ -165,7 +165,7 @@ def client_log(
 ) -> list[dict[str, Any]]:
     """The client's most recent query-log rows, newest first."""
     with gateway.read_session() as s:
-        c = _client(gateway, s, name)
+        c = _client(s, name)
         return [
             {
                 "id": e.id,
