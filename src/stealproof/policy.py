@@ -24,7 +24,11 @@ stream was split into batches (only when the refusal starts does).
 
 All state is per client and can be saved and restored (:meth:`DetectionPolicy.client_state`,
 :meth:`DetectionPolicy.load_client_state`) with identical decisions afterwards; the gateway
-persists it between requests. A policy is not thread-safe: serialise calls per client.
+persists it between requests. :meth:`DetectionPolicy.replay` brings a restored state forward
+over batches that were answered after it was saved (their images and clean posteriors): the
+state ends exactly where ``respond`` left it when the batches are replayed as they came, and
+also when they are concatenated if every detector decides the same whatever the batching
+(PRADA does). A policy is not thread-safe: serialise calls per client.
 """
 
 from __future__ import annotations
@@ -225,19 +229,7 @@ class DetectionPolicy:
         x = check_images(x, "x", batch=y.shape[0])
         if logits is not None:
             logits = check_logits(logits, "logits", like=y)
-        b = int(y.shape[0])
-        scores: dict[str, Tensor] = {}
-        det_flags: dict[str, Tensor] = {}
-        flags = torch.zeros(b, dtype=torch.bool)
-        for key, det in self.detectors.items():
-            out = det.observe(client_id, x, y)
-            if out.flags.shape != (b,):
-                raise InputValidationError(
-                    f"detector {key!r}: returned {tuple(out.flags.shape)} flags for {b} rows"
-                )
-            scores[key] = out.scores.detach().cpu()
-            det_flags[key] = out.flags.detach().cpu().bool()
-            flags |= det_flags[key]
+        scores, det_flags, flags = self._observe(client_id, x, y)
         if normal is None:
             released = self.defense(x, y, logits)
         else:
@@ -261,6 +253,42 @@ class DetectionPolicy:
             blocked=st.blocked,
             reason=st.reason if st.blocked else None,
         )
+
+    def replay(self, client_id: str, x: Tensor, y: Tensor) -> None:
+        """Update the client's state exactly as ``respond(client_id, x, y)`` would, without
+        answering: the detectors observe the rows in order and the termination counters (and
+        a block, with its ``blocked_at``) follow, but no defense runs.
+
+        For rebuilding a client's state from a journal of the requests (images and clean
+        posteriors) answered after a saved state. Like :meth:`respond` it raises
+        :class:`~stealproof.errors.ClientBlockedError` before anything else when the client is
+        blocked before the batch.
+        """
+        self.ensure_allowed(client_id)
+        y = check_posteriors(y, "y")
+        x = check_images(x, "x", batch=y.shape[0])
+        flags = self._observe(client_id, x, y)[2]
+        self._terminate(self._client(client_id), flags)
+
+    def _observe(
+        self, client_id: str, x: Tensor, y: Tensor
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+        """Run every detector on the (validated) batch: scores and flags per detector, and the
+        rows any of them flagged."""
+        b = int(y.shape[0])
+        scores: dict[str, Tensor] = {}
+        det_flags: dict[str, Tensor] = {}
+        flags = torch.zeros(b, dtype=torch.bool)
+        for key, det in self.detectors.items():
+            out = det.observe(client_id, x, y)
+            if out.flags.shape != (b,):
+                raise InputValidationError(
+                    f"detector {key!r}: returned {tuple(out.flags.shape)} flags for {b} rows"
+                )
+            scores[key] = out.scores.detach().cpu()
+            det_flags[key] = out.flags.detach().cpu().bool()
+            flags |= det_flags[key]
+        return scores, det_flags, flags
 
     def _client(self, client_id: str) -> _PolicyClient:
         st = self._clients.get(client_id)

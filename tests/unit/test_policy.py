@@ -392,3 +392,114 @@ def test_blackbox_policy_and_defense_are_exclusive(victim: Classifier) -> None:
         BlackBox(victim, policy=BrightDetector())  # type: ignore[arg-type]
     box = BlackBox(victim, policy=DetectionPolicy([BrightDetector()]))
     assert "policy=DetectionPolicy" in repr(box)
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def assert_same_policy_state(a: Any, b: Any, where: str = "state") -> None:
+    """Two client states are equal field by field (tensors with torch.equal, NaN equal)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same_policy_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, float) and a != a:
+        assert isinstance(b, float) and b != b, where
+    else:
+        assert type(a) is type(b) and a == b, where
+
+
+def make_replay_policy(**cfg: Any) -> DetectionPolicy:
+    return DetectionPolicy(
+        {"prada": PradaDetector(max_growing=50, max_distances=60), "bright": BrightDetector(0.7)},
+        **cfg,
+    )
+
+
+def answered_batches(
+    policy: DetectionPolicy, x: Tensor, sizes: list[int], victim: Classifier
+) -> list[tuple[Tensor, Tensor]]:
+    """Answer ``x`` in batches of ``sizes`` (cycled) until the client is refused; return the
+    answered batches as (images, clean posteriors), as a gateway's journal holds them."""
+    done, i, k = [], 0, 0
+    while i < x.shape[0]:
+        xb = x[i : i + sizes[k % len(sizes)]]
+        y, logits = victim_posteriors(victim, xb)
+        try:
+            policy.respond("thief", xb, y, logits)
+        except ClientBlockedError:
+            break
+        done.append((xb, y))
+        i, k = i + xb.shape[0], k + 1
+    return done
+
+
+@pytest.mark.parametrize(
+    ("cfg", "reason"),
+    [
+        ({"max_flagged": None}, None),  # never blocked
+        ({"max_flagged": 40, "window": 50, "ratio": 1.0}, "max_flagged=40"),
+        ({"max_flagged": None, "window": 30, "ratio": 0.8}, "of the last 30 rows"),
+    ],
+)
+def test_replay_rebuilds_the_state_respond_left(
+    victim: Classifier, cfg: dict, reason: str | None
+) -> None:
+    x = jbda_like(360, seed=3)
+    x[:10] = 1.0 - x[:10] * 0.2  # bright rows: the second detector flags them
+    live = make_replay_policy(**cfg)
+    journal = answered_batches(live, x, [17, 40, 3, 1, 29], victim)
+    expected = live.client_state("thief")
+    blocked_at = live.status("thief").blocked_at
+    if reason is None:
+        assert blocked_at is None and sum(b.shape[0] for b, _ in journal) == 360
+    else:
+        assert reason in (live.status("thief").reason or "")
+        assert blocked_at is not None and 40 < blocked_at < 360  # blocked part-way
+        assert sum(b.shape[0] for b, _ in journal) < 360  # later requests were refused
+    # (a) the same batches, (b) one concatenated batch, (c) from a checkpoint part-way
+    same = make_replay_policy(**cfg)
+    for xb, y in journal:
+        same.replay("thief", xb, y)
+    assert_same_policy_state(same.client_state("thief"), expected)
+    joined = make_replay_policy(**cfg)
+    joined.replay("thief", torch.cat([b for b, _ in journal]), torch.cat([y for _, y in journal]))
+    assert_same_policy_state(joined.client_state("thief"), expected)
+    checkpoint = make_replay_policy(**cfg)
+    for xb, y in journal[:3]:
+        checkpoint.respond("thief", xb, y)
+    resumed = make_replay_policy(**cfg)
+    resumed.load_client_state("thief", loads_state(dumps_state(checkpoint.client_state("thief"))))
+    rest = journal[3:]
+    resumed.replay("thief", torch.cat([b for b, _ in rest]), torch.cat([y for _, y in rest]))
+    assert_same_policy_state(resumed.client_state("thief"), expected)
+    for p in (same, joined, resumed):
+        assert p.status("thief") == live.status("thief")
+    # the PRADA part is not trivial: it flagged the stream
+    assert expected["detectors"]["prada"]["flagged"]
+
+
+def test_replay_runs_no_defense_and_refuses_a_blocked_client(
+    victim: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: Any) -> Tensor:
+        raise AssertionError("replay must not answer")
+
+    policy = DetectionPolicy([BrightDetector()], max_flagged=3)
+    monkeypatch.setattr(policy.defense, "perturb", boom)
+    monkeypatch.setattr(policy.deceptive, "perturb", boom)
+    x = mixed("dbdbbd")
+    y, _ = victim_posteriors(victim, x)
+    policy.replay("c", x, y)
+    st = policy.status("c")
+    assert st.rows == 6 and st.flagged_rows == 3 and st.blocked and st.blocked_at == 5
+    det = policy.detectors["bright"]
+    assert isinstance(det, BrightDetector) and det.seen == {"c": 6}
+    with pytest.raises(ClientBlockedError):
+        policy.replay("c", x, y)
+    assert det.seen == {"c": 6} and policy.status("c").rows == 6  # nothing observed
+    with pytest.raises(InputValidationError, match="x: expected 6 rows"):
+        policy.replay("d", x[:5], y)
+    assert "d" not in policy.clients()

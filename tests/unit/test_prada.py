@@ -33,9 +33,17 @@ K = 4
 class NaivePrada:
     """ALGORITHMS §3.2 written as plainly as possible: one query at a time, numpy float64."""
 
-    def __init__(self, delta: float = 0.9, class_scale: str = "median") -> None:
+    def __init__(
+        self,
+        delta: float = 0.9,
+        class_scale: str = "median",
+        max_growing: int | None = None,
+        max_distances: int | None = None,
+    ) -> None:
         self.delta = delta
         self.class_scale = class_scale
+        self.max_growing = max_growing
+        self.max_distances = max_distances
         self.growing: dict[int, list[np.ndarray]] = {}
         self.threshold: dict[int, float] = {}
         self.recorded: dict[int, list[float]] = {}
@@ -55,8 +63,12 @@ class NaivePrada:
         else:
             d = min(float(np.sqrt(((gi - x) ** 2).sum())) for gi in g)
             self.distances[c].append(d)
+            if self.max_distances is not None:
+                self.distances[c] = self.distances[c][-self.max_distances :]
             if d > self.threshold[c]:
-                g.append(x)
+                stored = sum(len(v) for v in self.growing.values())
+                if self.max_growing is None or stored < self.max_growing:
+                    g.append(x)
                 self.recorded[c].append(d)
                 rec = np.asarray(self.recorded[c])
                 self.threshold[c] = max(self.threshold[c], float(rec.mean() - rec.std()))
@@ -114,6 +126,15 @@ def run_batches(det: PradaDetector, cid: str, x: Tensor, y: Tensor, size: int) -
     return torch.cat(flags)
 
 
+def assert_welford_of(welford: Tensor, recorded: list[float]) -> None:
+    """Welford's sums [count, mean, m2] in a state are those of the recorded distances."""
+    rec = np.asarray(recorded, dtype=np.float64)
+    n, mean, m2 = welford.tolist()
+    assert n == rec.size
+    assert mean == pytest.approx(rec.mean() if rec.size else 0.0, abs=1e-12)
+    assert m2 == pytest.approx(((rec - rec.mean()) ** 2).sum() if rec.size else 0.0, abs=1e-9)
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -154,6 +175,8 @@ def test_delta_keyword_is_delta() -> None:
         ({"check_every": 0}, r"prada: check_every:"),
         ({"min_pooled": 2}, r"prada: min_pooled:"),
         ({"storage_dtype": "float16"}, r"prada: storage_dtype:"),
+        ({"max_growing": 0}, r"prada: max_growing:"),
+        ({"max_distances": 0}, r"prada: max_distances:"),
     ],
 )
 def test_bad_config_names_the_field(params: dict, match: str) -> None:
@@ -188,7 +211,8 @@ def test_hand_computed_thresholds_and_growing_set() -> None:
     torch.testing.assert_close(
         st["distances"], torch.tensor([0.5, 0.1, 0.5, 0.4], dtype=torch.float64)
     )
-    torch.testing.assert_close(st["recorded"], torch.tensor([0.5], dtype=torch.float64))
+    # Welford's sums [count, mean, m2] of the recorded distances
+    assert st["welford"].tolist() == [1.0, 0.5, 0.0]
     assert st["threshold"] == pytest.approx(0.5)
     assert st["growing"].shape == (2, 2)
     # a far point grows G and raises T to mean − std of the recorded distances
@@ -196,9 +220,11 @@ def test_hand_computed_thresholds_and_growing_set() -> None:
     far[0, 0, 0, 1] = 1.0
     det.observe("c", far, y[:1])
     st = det.client_state("c")["classes"][0]
-    d = math.sqrt(0.5**2 + 1.0)  # nearest is (0.5, 0)
+    d = 1.0  # nearest is the origin ((0.5, 0) is sqrt(1.25) away)
     rec = np.array([0.5, d])
     assert st["threshold"] == pytest.approx(max(0.5, rec.mean() - rec.std()))
+    n, mean, m2 = st["welford"].tolist()
+    assert (n, mean, m2) == (2, pytest.approx(rec.mean()), pytest.approx(rec.var() * 2))
     assert st["growing"].shape == (3, 2)
 
 
@@ -228,7 +254,7 @@ def test_vectorised_equals_naive_reference(batch: int, class_scale: str) -> None
             cs["growing"].double(), torch.from_numpy(np.stack(naive.growing[c])).reshape(-1, 16)
         )
         np.testing.assert_allclose(cs["distances"].numpy(), naive.distances[c], rtol=0, atol=1e-12)
-        np.testing.assert_allclose(cs["recorded"].numpy(), naive.recorded[c], rtol=0, atol=1e-12)
+        assert_welford_of(cs["welford"], naive.recorded[c])
         assert cs["threshold"] == pytest.approx(naive.threshold[c], abs=1e-12)
     # scores are 1 − W from the first test on, 0 before
     first = naive.ws[0][0]
@@ -299,6 +325,116 @@ def test_outlier_cut_and_its_switch() -> None:
     np.testing.assert_array_equal(cut, full[np.abs(full - mu) <= 3 * sd])
 
 
+# ----------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64, 1000])
+def test_caps_equal_the_naive_reference(batch: int) -> None:
+    x, y = natural_stream(360, seed=3)
+    x[200:260] = (x[100:160] + 0.01).clamp(0, 1)
+    naive = NaivePrada(delta=0.985, max_growing=25, max_distances=30)
+    expected = torch.tensor(
+        [naive.query(x[i].reshape(-1).double().numpy(), int(y[i].argmax())) for i in range(len(x))]
+    )
+    det = PradaDetector(delta=0.985, max_growing=25, max_distances=30)
+    out = [det.observe("c", x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)]
+    assert torch.equal(torch.cat([o.flags for o in out]), expected)
+    assert naive.ws and det.tests_run("c") == len(naive.ws)
+    assert det.last_w("c") == pytest.approx(naive.w, abs=1e-12)
+    st = det.client_state("c")
+    for c, cs in st["classes"].items():
+        assert cs["growing"].shape[0] == len(naive.growing[c])
+        np.testing.assert_allclose(cs["distances"].numpy(), naive.distances[c], rtol=0, atol=1e-12)
+        assert_welford_of(cs["welford"], naive.recorded[c])
+        assert cs["threshold"] == pytest.approx(naive.threshold[c], abs=1e-12)
+    # the caps bind on this stream: distances recorded past the cap, windows full
+    assert sum(cs["growing"].shape[0] for cs in st["classes"].values()) == 25
+    assert any(cs["welford"][0] > cs["growing"].shape[0] for cs in st["classes"].values())
+    assert all(cs["distances"].numel() == 30 for cs in st["classes"].values())
+
+
+@pytest.mark.parametrize("batch", [1, 9, 200])
+def test_growing_sets_stay_within_the_cap_plus_the_classes(batch: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(600, 1, 4, 4, generator=g) * torch.rand(600, 1, 1, 1, generator=g)
+    classes = torch.randint(0, K, (600,), generator=g)
+    classes[:300] = 0  # the cap is reached before classes 1..3 show up
+    y = posteriors_for(classes)
+    det = PradaDetector(max_growing=12)
+    for i in range(0, 600, batch):
+        det.observe("c", x[i : i + batch], y[i : i + batch])
+        st = det.client_state("c")["classes"]
+        sizes = {c: int(cs["growing"].shape[0]) for c, cs in st.items()}
+        assert sum(sizes.values()) <= 12 + len(sizes)
+    # class 0 filled the cap; every later class stored its first row only, yet T_c and the
+    # recorded distances kept updating
+    assert sizes == {0: 12, 1: 1, 2: 1, 3: 1}
+    assert all(cs["welford"][0] > 1 for cs in st.values())
+    assert all(cs["threshold"] > 0 for cs in st.values())
+    free = PradaDetector()
+    free.observe("c", x, y)
+    assert free.client_state("c")["classes"][0]["growing"].shape[0] > 12
+
+
+def test_distance_window_w_is_shapiro_of_the_last_n_per_class() -> None:
+    x, y = natural_stream(400, seed=6)
+    full = PradaDetector(min_pooled=20)
+    window = PradaDetector(min_pooled=20, max_distances=12)
+    for i in range(0, 400, 37):
+        full.observe("c", x[i : i + 37], y[i : i + 37])
+        window.observe("c", x[i : i + 37], y[i : i + 37])
+        for c, cs in window.client_state("c")["classes"].items():
+            everything = full.client_state("c")["classes"][c]["distances"]
+            assert cs["distances"].numel() <= 12
+            assert torch.equal(cs["distances"], everything[-12:])
+    lists = [
+        cs["distances"].numpy()[-12:] for _, cs in sorted(full.client_state("c")["classes"].items())
+    ]
+    pooled = np.concatenate([a / np.median(a) for a in lists])
+    pooled = pooled[np.abs(pooled - pooled.mean()) <= 3 * pooled.std()]
+    np.testing.assert_array_equal(window.pooled_distances("c"), pooled)
+    assert window.last_w("c") == float(shapiro(pooled).statistic)
+    assert window.last_w("c") != full.last_w("c")
+
+
+def test_distance_buffer_keeps_the_latest_values_in_bounded_memory() -> None:
+    from stealproof.detectors.prada import _Distances
+
+    for limit in (1, 5, 16, 100):
+        buf = _Distances(limit)
+        for i in range(500):
+            buf.append(float(i))
+            kept = np.arange(max(0, i + 1 - limit), i + 1, dtype=np.float64)
+            np.testing.assert_array_equal(buf.values(), kept)
+            assert len(buf) == kept.size and buf.buf.shape[0] <= max(16, 2 * limit)
+        np.testing.assert_array_equal(_Distances.of(np.arange(500.0), limit).values(), kept)
+    free = _Distances()
+    for i in range(500):
+        free.append(float(i))
+    np.testing.assert_array_equal(free.values(), np.arange(500.0))
+    assert free.buf.shape[0] < 1000
+
+
+def test_float64_copies_are_bounded_and_do_not_change_decisions() -> None:
+    """With no room for float64 working copies only the client being observed keeps them;
+    the others rebuild theirs at their next query, with the same decisions."""
+    streams = {f"c{k}": natural_stream(300, seed=10 + k) for k in range(3)}
+    roomy, tight = PradaDetector(delta=0.985), PradaDetector(delta=0.985)
+    tight.hot_bytes = 0
+    for i in range(0, 300, 11):
+        for cid, (x, y) in streams.items():
+            a = roomy.observe(cid, x[i : i + 11], y[i : i + 11])
+            b = tight.observe(cid, x[i : i + 11], y[i : i + 11])
+            assert torch.equal(a.flags, b.flags) and torch.equal(a.scores, b.scores)
+            assert list(tight._hot) in ([], [cid])
+            held = {c for c, st in tight._clients.items() if st.work_bytes() > 0}
+            assert held <= {cid}
+    assert held == {cid}
+    assert all(st.work_bytes() > 0 for st in roomy._clients.values())
+    for cid in streams:
+        assert_same_state(roomy.client_state(cid), tight.client_state(cid))
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -326,6 +462,103 @@ def test_state_round_trip_gives_identical_decisions() -> None:
     assert_same_state(c.client_state("c"), a.client_state("c"))
 
 
+@pytest.mark.parametrize("batch", [1, 23])
+def test_state_round_trip_with_caps(batch: int) -> None:
+    x = synthetic_stream(500, seed=2)
+    y = class_of_first_pixels(x)
+    caps = {"max_growing": 16, "max_distances": 40}
+    a = PradaDetector(**caps)
+    a.observe("c", x[:97], y[:97])
+    assert not a.is_flagged("c")
+    state = loads_state(dumps_state(a.client_state("c")))
+    assert state["version"] == 2 and "recorded" not in state["classes"][0]
+    b = PradaDetector(**caps)
+    b.load_client_state("c", state)
+    assert_same_state(b.client_state("c"), a.client_state("c"))
+    flags = []
+    for i in range(97, 500, batch):
+        oa, ob = (
+            a.observe("c", x[i : i + batch], y[i : i + batch]),
+            b.observe("c", x[i : i + batch], y[i : i + batch]),
+        )
+        assert torch.equal(oa.flags, ob.flags) and torch.equal(oa.scores, ob.scores)
+        flags.append(oa.flags)
+    assert_same_state(b.client_state("c"), a.client_state("c"))
+    c = PradaDetector(**caps)
+    c.observe("c", x, y)
+    assert_same_state(c.client_state("c"), a.client_state("c"))
+    assert bool(torch.cat(flags).any())  # the flag goes on after the restore
+    classes = a.client_state("c")["classes"].values()
+    assert sum(cs["growing"].shape[0] for cs in classes) == 16  # the caps bind
+    assert all(cs["distances"].numel() == 40 for cs in classes)
+
+
+def version_1_state(state: dict) -> dict:
+    """A version-2 state written the way version 1 wrote it: the recorded distances as a list.
+
+    The recorded distances are the ones that passed the threshold when they arrived, so they
+    are read off D_c by replaying the threshold rule (Welford's update, as the detector does).
+    """
+    old = {k: v for k, v in state.items() if k != "classes"}
+    old["version"] = 1
+    old["classes"] = {}
+    for c, cs in state["classes"].items():
+        n, mean, m2, threshold, recorded = 0, 0.0, 0.0, 0.0, []
+        for d in cs["distances"].tolist():
+            if d > threshold:
+                recorded.append(d)
+                n += 1
+                delta = d - mean
+                mean += delta / n
+                m2 += delta * (d - mean)
+                threshold = max(threshold, mean - math.sqrt(max(m2, 0.0) / n))
+        assert [n, mean, m2] == cs["welford"].tolist() and threshold == cs["threshold"]
+        old["classes"][c] = {
+            "growing": cs["growing"].clone(),
+            "threshold": threshold,
+            "recorded": torch.tensor(recorded, dtype=torch.float64),
+            "distances": cs["distances"].clone(),
+        }
+    return old
+
+
+def test_version_1_state_loads_with_identical_later_decisions() -> None:
+    x = synthetic_stream(400, seed=2)
+    y = class_of_first_pixels(x)
+    a = PradaDetector(delta=0.8)
+    a.observe("c", x[:170], y[:170])
+    v1 = loads_state(dumps_state(version_1_state(a.client_state("c"))))
+    b = PradaDetector(delta=0.8)
+    b.load_client_state("c", v1)
+    # loaded, the state is the version-2 state the detector would have written itself
+    assert_same_state(b.client_state("c"), a.client_state("c"))
+    assert b.client_state("c")["version"] == 2
+    for i in range(170, 400, 23):
+        oa, ob = (
+            a.observe("c", x[i : i + 23], y[i : i + 23]),
+            b.observe("c", x[i : i + 23], y[i : i + 23]),
+        )
+        assert torch.equal(oa.flags, ob.flags) and torch.equal(oa.scores, ob.scores)
+    assert_same_state(b.client_state("c"), a.client_state("c"))
+    assert a.is_flagged("c")
+
+
+def test_state_saved_without_caps_loads_into_a_capped_detector() -> None:
+    x, y = natural_stream(300, seed=1)
+    free = PradaDetector()
+    free.observe("c", x, y)
+    capped = PradaDetector(max_distances=20, max_growing=5)
+    capped.load_client_state("c", free.client_state("c"))
+    for c, cs in capped.client_state("c")["classes"].items():
+        kept = free.client_state("c")["classes"][c]
+        assert torch.equal(cs["distances"], kept["distances"][-20:])
+        assert torch.equal(cs["growing"], kept["growing"])  # kept whole, grows no further
+    capped.observe("c", x[:50], y[:50])
+    for c, cs in capped.client_state("c")["classes"].items():
+        assert torch.equal(cs["growing"], free.client_state("c")["classes"][c]["growing"])
+        assert cs["distances"].numel() == 20
+
+
 def test_state_of_unknown_client_and_reset() -> None:
     det = PradaDetector()
     assert det.client_state("nobody") == {}
@@ -339,6 +572,14 @@ def test_state_of_unknown_client_and_reset() -> None:
     assert det.clients() == [] and det.queries_seen("b") == 0
     with pytest.raises(InputValidationError, match="state: not a PRADA client state"):
         det.load_client_state("b", {"version": 1})
+    det.observe("b", x, y)
+    good = det.client_state("b")
+    for version, welford in ((3, [1.0, 0.0, 0.0]), (2, [1.5, 0.0, 0.0]), (2, [1.0, 0.0])):
+        bad = {**good, "version": version, "classes": {**good["classes"]}}
+        bad["classes"][0] = {**good["classes"][0], "welford": torch.tensor(welford)}
+        with pytest.raises(InputValidationError, match="state: not a PRADA client state"):
+            det.load_client_state("b", bad)
+    assert_same_state(det.client_state("b"), good)  # a refused state changes nothing
 
 
 def test_float64_storage_keeps_float64_inputs_exact() -> None:

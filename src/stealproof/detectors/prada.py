@@ -3,7 +3,9 @@
 Natural queries sit at roughly normally distributed distances from the queries a client sent
 before; synthetic streams (JBDA's small sign steps around a seed set) do not. Per client and
 per predicted class ``c = argmax y`` PRADA keeps a growing set ``G_c``, a threshold ``T_c``, the
-*recorded* distances (those that grew ``G_c``) and the distance list ``D_c``. For each query x:
+*recorded* distances (those that grew ``G_c``; only their count, mean and sum of squared
+deviations are kept — Welford's sums, all ``T_c`` needs) and the distance list ``D_c``. For
+each query x:
 
 * ``G_c`` empty: add x to ``G_c``, ``T_c = 0`` (no distance);
 * otherwise ``d = min_{g ∈ G_c} ‖x − g‖₂`` on the raw inputs; append d to ``D_c``; if
@@ -27,19 +29,34 @@ around its seeds show up — and drop the scale between classes. ``class_scale="
 paper's pooling exactly. On mnist5k (seed 1) the smallest W of 5 benign streams rose from
 0.930–0.993 to 0.970–0.988, and a JBDA stream's W after its 150 seeds fell from ~0.955 to ~0.88.
 
+**Bounds** (ours; both off by default, which is the paper's algorithm). Without them a client's
+memory and per-query cost grow with its history: every query that joins a ``G_c`` stores D
+values, and every test pools all distances. ``max_growing`` caps the rows stored in all growing
+sets of one client together: at the cap a query that would join ``G_c`` (``d > T_c``) is not
+stored, but its distance is recorded and ``T_c`` updates as before; only a class whose ``G_c``
+is still empty stores its first row, so the cap is passed by at most the number of classes.
+``max_distances`` keeps the latest N distances of each ``D_c``, so the normality test looks at
+a recent window. With both set a client holds at most about
+``(max_growing + classes)·D·itemsize + classes·max_distances·16`` bytes, and a query costs at
+most one distance to each of ``max_growing + classes`` rows plus a test over
+``classes·max_distances`` distances every ``check_every`` queries.
+
 The distance step is vectorised: one ``torch.cdist`` (float64, no matrix-multiplication
 shortcut, so each distance is computed the same way whatever the batch) from the batch's rows
 to the ``G_c`` they find at the batch start, then the rows are processed in order and only the
 rows that join ``G_c`` inside the batch are compared, one at a time, with the later rows of
 their class. Decisions are therefore identical to a per-query implementation and independent
-of how a stream is split into batches. Each test costs time linear in the distances recorded so
-far (they are pooled afresh), so very long streams get slower per query.
+of how a stream is split into batches. The distance step reads a float64 copy of each ``G_c``
+(exact: the stored rows converted), extended row by row; such copies are kept for the
+clients observed most recently, up to :attr:`PradaDetector.hot_bytes` bytes in all, and
+rebuilt on a client's next query once dropped.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -57,7 +74,12 @@ from stealproof.errors import InputValidationError
 
 _CDIST_MODE = "donot_use_mm_for_euclid_dist"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-STATE_VERSION = 1
+#: 2: Welford sums of the recorded distances ("welford") instead of the list ("recorded")
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+#: rows of G_c added since its last merge stay separate until they are this many (or as many
+#: as the merged block): merging is then amortised O(D) per row
+_MIN_MERGE = 64
 
 
 class PradaConfig(BaseModel):
@@ -87,6 +109,20 @@ class PradaConfig(BaseModel):
         "(ours: classes have different typical distances); 'none' pools raw distances "
         "as the paper does",
     )
+    max_growing: int | None = Field(
+        None,
+        ge=1,
+        description="cap on the rows stored in all growing sets of one client together; at "
+        "the cap a query that would join G_c is not stored, but its distance is still "
+        "recorded and T_c updates (a class with an empty G_c still stores its first row); "
+        "None: no cap (the paper)",
+    )
+    max_distances: int | None = Field(
+        None,
+        ge=1,
+        description="keep only the latest this many distances per class, so the normality "
+        "test looks at a recent window; None: keep all (the paper)",
+    )
 
 
 def _median_scaled(distances: np.ndarray) -> np.ndarray:
@@ -100,35 +136,138 @@ def _cdist(a: Tensor, b: Tensor) -> Tensor:
     return torch.cdist(a, b, p=2.0, compute_mode=_CDIST_MODE)
 
 
+class _Distances:
+    """D_c as a float64 buffer (amortised doubling), keeping the latest ``limit`` values if set.
+
+    The values are ``buf[start:end]`` in arrival order; a full window drops its oldest value by
+    moving ``start``, and the live values are moved to the front once the buffer is full and at
+    most half of it is live, so appending is amortised O(1) and the window is one slice.
+    """
+
+    __slots__ = ("buf", "end", "limit", "start")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.buf = np.empty(16 if limit is None else min(16, 2 * limit), dtype=np.float64)
+        self.start = 0
+        self.end = 0
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def append(self, d: float) -> None:
+        if self.end == self.buf.shape[0]:
+            self._make_room()
+        self.buf[self.end] = d
+        self.end += 1
+        if self.limit is not None and self.end - self.start > self.limit:
+            self.start += 1
+
+    def _make_room(self) -> None:
+        live = self.end - self.start
+        cap = int(self.buf.shape[0])
+        if 2 * live <= cap:  # only reachable with a limit: reuse the buffer
+            self.buf[:live] = self.buf[self.start : self.end]
+        else:
+            new = 2 * cap if self.limit is None else min(2 * cap, 2 * self.limit)
+            buf = np.empty(new, dtype=np.float64)
+            buf[:live] = self.buf[self.start : self.end]
+            self.buf = buf
+        self.start, self.end = 0, live
+
+    def values(self) -> np.ndarray:
+        """The kept distances in arrival order (a view: do not modify)."""
+        return self.buf[self.start : self.end]
+
+    @classmethod
+    def of(cls, values: np.ndarray, limit: int | None) -> _Distances:
+        """A buffer holding ``values`` (the latest ``limit`` of them when a limit is set)."""
+        kept = values if limit is None else values[max(0, values.shape[0] - limit) :]
+        out = cls(limit)
+        out.buf = np.empty(max(out.buf.shape[0], kept.shape[0]), dtype=np.float64)
+        out.buf[: kept.shape[0]] = kept
+        out.end = int(kept.shape[0])
+        return out
+
+
+class _Growing:
+    """G_c: its rows in the storage dtype and, while its client is hot, a float64 copy.
+
+    Added rows wait in ``tail`` and are merged into ``block`` once they are as many as the
+    block (at least ``_MIN_MERGE``), so storing costs amortised O(D) per row and no more than
+    the rows themselves at rest. The float64 copy is a buffer with amortised doubling that
+    every added row extends; the distance step reads it without converting G_c again.
+    """
+
+    __slots__ = ("block", "size", "tail", "tail_rows", "work")
+
+    def __init__(self) -> None:
+        self.block: Tensor | None = None
+        self.tail: list[Tensor] = []
+        self.tail_rows = 0
+        self.size = 0
+        self.work: Tensor | None = None
+
+    def add(self, rows: Tensor, rows64: Tensor) -> None:
+        """Store ``rows`` (storage dtype, not shared with the caller); ``rows64`` is them in
+        float64 (copied into the working copy when there is one)."""
+        n = int(rows.shape[0])
+        self.tail.append(rows)
+        self.tail_rows += n
+        if self.tail_rows >= max(_MIN_MERGE, 0 if self.block is None else self.block.shape[0]):
+            self.stored()
+        if self.work is not None:
+            if self.size + n > self.work.shape[0]:
+                grown = torch.empty(
+                    max(2 * int(self.work.shape[0]), self.size + n),
+                    rows64.shape[1],
+                    dtype=torch.float64,
+                )
+                grown[: self.size] = self.work[: self.size]
+                self.work = grown
+            self.work[self.size : self.size + n] = rows64
+        self.size += n
+
+    def stored(self) -> Tensor | None:
+        """G_c in the storage dtype as one [n, D] tensor (None when empty)."""
+        if self.tail:
+            parts = self.tail if self.block is None else [self.block, *self.tail]
+            self.block = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self.tail = []
+            self.tail_rows = 0
+        return self.block
+
+    def float64(self) -> Tensor | None:
+        """G_c in float64 (the working copy, built now if there is none; None when empty)."""
+        if self.size == 0:
+            return None
+        if self.work is None:
+            g = self.stored()
+            assert g is not None
+            self.work = g.to(torch.float64, copy=True)
+        return self.work[: self.size]
+
+    def work_bytes(self) -> int:
+        w = self.work
+        return 0 if w is None else w.nelement() * w.element_size()
+
+
 @dataclass
 class _ClassState:
-    """One class of one client: G_c, T_c, the recorded distances and the distance list D_c."""
+    """One class of one client: G_c, T_c, Welford's sums of the recorded distances and D_c."""
 
-    chunks: list[Tensor] = field(default_factory=list)
-    size: int = 0
+    growing: _Growing = field(default_factory=_Growing)
     threshold: float = 0.0
-    recorded: list[float] = field(default_factory=list)
-    distances: list[float] = field(default_factory=list)
-    # Welford accumulators of ``recorded`` (count is len(recorded))
+    distances: _Distances = field(default_factory=_Distances)
+    # Welford accumulators of the recorded distances (those that grew, or would have grown, G_c)
+    count: int = 0
     mean: float = 0.0
     m2: float = 0.0
 
-    def growing(self) -> Tensor | None:
-        """G_c as one [n, D] tensor (chunks merged lazily), or None when empty."""
-        if not self.chunks:
-            return None
-        if len(self.chunks) > 1:
-            self.chunks = [torch.cat(self.chunks)]
-        return self.chunks[0]
-
-    def add(self, row: Tensor) -> None:
-        self.chunks.append(row)
-        self.size += int(row.shape[0])
-
     def record(self, d: float) -> None:
         """Record a distance that grew G_c and raise T_c to mean − std if that is larger."""
-        self.recorded.append(d)
-        n = len(self.recorded)
+        self.count += 1
+        n = self.count
         delta = d - self.mean
         self.mean += delta / n
         self.m2 += delta * (d - self.mean)
@@ -146,6 +285,15 @@ class _ClientState:
     tests: int = 0
     flagged: bool = False
     dim: int | None = None
+    #: rows stored in all growing sets together
+    stored: int = 0
+
+    def work_bytes(self) -> int:
+        return sum(cs.growing.work_bytes() for cs in self.classes.values())
+
+    def drop_work(self) -> None:
+        for cs in self.classes.values():
+            cs.growing.work = None
 
 
 class PradaDetector(Detector):
@@ -156,6 +304,10 @@ class PradaDetector(Detector):
     """
 
     name: ClassVar[str] = "prada"
+    #: float64 working copies of the growing sets are kept for the most recently observed
+    #: clients up to this many bytes in all (always for the client being observed); a client
+    #: whose copies were dropped gets them rebuilt (one conversion) at its next query
+    hot_bytes: int = 256 * 2**20
 
     def __init__(self, config: PradaConfig | None = None, /, **params: Any) -> None:
         if config is not None and params:
@@ -174,6 +326,9 @@ class PradaDetector(Detector):
         self.config = config
         self._dtype = _DTYPES[config.storage_dtype]
         self._clients: dict[str, _ClientState] = {}
+        # clients holding float64 working copies (oldest first) → bytes they hold
+        self._hot: OrderedDict[str, int] = OrderedDict()
+        self._hot_total = 0
 
     @property
     def delta(self) -> float:
@@ -199,54 +354,88 @@ class PradaDetector(Detector):
                 f"this batch has {flat.shape[1]} per row"
             )
         flat64 = flat.to(torch.float64)
-        labels = y.argmax(dim=1).cpu()
-        classes = labels.tolist()
+        labels: list[int] = y.detach().argmax(dim=1).tolist()
 
         # distances from every row to the G_c it finds at the batch start (inf: G_c empty)
-        nearest = torch.full((b,), math.inf, dtype=torch.float64)
-        members: dict[int, Tensor] = {}
-        position = [0] * b
-        for c in sorted(set(classes)):
-            idx = (labels == c).nonzero().flatten()
-            members[c] = idx
-            for p, i in enumerate(idx.tolist()):
-                position[i] = p
-            g = self._class(st, c).growing()
+        nearest = [math.inf] * b
+        if b == 1:
+            members = {labels[0]: [0]}
+        else:
+            members = {}
+            for i, c in enumerate(labels):
+                members.setdefault(c, []).append(i)
+        for c, idx in members.items():
+            g = self._class(st, c).growing.float64()
             if g is not None:
-                nearest[idx] = _cdist(flat64[idx], g.to(torch.float64)).amin(dim=1)
+                rows = flat64 if len(idx) == b else flat64[idx]
+                for i, d in zip(idx, _cdist(rows, g).amin(dim=1).tolist(), strict=True):
+                    nearest[i] = d
 
-        scores = torch.empty(b, dtype=torch.float64)
-        flags = torch.empty(b, dtype=torch.bool)
         cfg = self.config
-        for i, c in enumerate(classes):
+        cap = cfg.max_growing
+        seen = dict.fromkeys(members, 0)  # rows of each class processed so far
+        scores: list[float] = []
+        flags: list[bool] = []
+        for i, c in enumerate(labels):
             cs = st.classes[c]
-            grows = cs.size == 0
-            if not grows:
-                d = float(nearest[i])
+            store = cs.growing.size == 0
+            if not store:
+                d = nearest[i]
                 cs.distances.append(d)
                 if d > cs.threshold:
-                    grows = True
                     cs.record(d)
-            if grows:
-                cs.add(flat[i : i + 1].clone())
-                later = members[c][position[i] + 1 :]
-                if later.numel():
-                    nearest[later] = torch.minimum(
-                        nearest[later], _cdist(flat64[i : i + 1], flat64[later])[0]
-                    )
+                    store = cap is None or st.stored < cap
+            if store:
+                cs.growing.add(flat[i : i + 1].clone(), flat64[i : i + 1])
+                st.stored += 1
+                later = members[c][seen[c] + 1 :]
+                if later:
+                    dl = _cdist(flat64[i : i + 1], flat64[later])[0].tolist()
+                    for j, dj in zip(later, dl, strict=True):
+                        if dj < nearest[j]:
+                            nearest[j] = dj
+            seen[c] += 1
             st.queries += 1
             if st.queries % cfg.check_every == 0:
                 self._check(st)
-            flags[i] = st.flagged
-            scores[i] = 0.0 if st.last_w is None else 1.0 - st.last_w
-        return Detection(scores=scores, flags=flags)
+            flags.append(st.flagged)
+            scores.append(0.0 if st.last_w is None else 1.0 - st.last_w)
+        self._touch(client_id, st)
+        return Detection(
+            scores=torch.tensor(scores, dtype=torch.float64),
+            flags=torch.tensor(flags, dtype=torch.bool),
+        )
 
-    @staticmethod
-    def _class(st: _ClientState, c: int) -> _ClassState:
+    def _class(self, st: _ClientState, c: int) -> _ClassState:
         cs = st.classes.get(c)
         if cs is None:
-            cs = st.classes[c] = _ClassState()
+            cs = st.classes[c] = self._new_class()
         return cs
+
+    def _new_class(self, distances: np.ndarray | None = None) -> _ClassState:
+        limit = self.config.max_distances
+        kept = _Distances(limit) if distances is None else _Distances.of(distances, limit)
+        return _ClassState(distances=kept)
+
+    def _touch(self, client_id: str, st: _ClientState) -> None:
+        """Mark the client most recently observed and drop the float64 copies of the least
+        recently observed others while all copies together exceed ``hot_bytes``."""
+        used = st.work_bytes()
+        self._hot_total += used - self._hot.pop(client_id, 0)
+        if used:
+            self._hot[client_id] = used
+        while self._hot_total > self.hot_bytes and self._hot:
+            cid = next(iter(self._hot))
+            if cid == client_id:  # the client just observed (the newest) keeps its copies
+                break
+            held = self._hot.pop(cid)
+            self._hot_total -= held
+            other = self._clients.get(cid)
+            if other is not None:
+                other.drop_work()
+
+    def _forget_hot(self, client_id: str) -> None:
+        self._hot_total -= self._hot.pop(client_id, 0)
 
     def pooled_distances(self, client_id: str) -> np.ndarray:
         """The distances the next normality test would use (after the outlier cut)."""
@@ -255,17 +444,16 @@ class PradaDetector(Detector):
 
     def _pooled(self, st: _ClientState) -> np.ndarray:
         cfg = self.config
-        lists = [
-            st.classes[c].distances
+        arrays = [
+            st.classes[c].distances.values()
             for c in sorted(st.classes)
             if len(st.classes[c].distances) >= cfg.min_class_distances
         ]
-        if not lists:
+        if not arrays:
             return np.empty(0)
-        arrays = [np.asarray(v, dtype=np.float64) for v in lists]
         if cfg.class_scale == "median":
             arrays = [_median_scaled(a) for a in arrays]
-        pooled = np.concatenate(arrays)
+        pooled = np.concatenate(arrays)  # a copy: the buffers are never handed out
         if cfg.outlier_sigma is not None and pooled.size:
             mu, sd = pooled.mean(), pooled.std()
             pooled = pooled[np.abs(pooled - mu) <= cfg.outlier_sigma * sd]
@@ -313,21 +501,22 @@ class PradaDetector(Detector):
     # ------------------------------------------------------------------ state
 
     def client_state(self, client_id: str) -> dict[str, Any]:
-        """G_c (storage dtype), T_c, recorded distances and D_c per class, the query count,
-        the last W (NaN: none yet), the number of tests that computed W, the flag and the
-        input size (−1: none yet)."""
+        """G_c (storage dtype), T_c, Welford's sums ``[count, mean, m2]`` of the recorded
+        distances (float64) and D_c (the kept window) per class, the query count, the last W
+        (NaN: none yet), the number of tests that computed W, the flag and the input size
+        (−1: none yet)."""
         st = self._clients.get(client_id)
         if st is None:
             return {}
         classes: dict[int, dict[str, Any]] = {}
         for c in sorted(st.classes):
             cs = st.classes[c]
-            g = cs.growing()
+            g = cs.growing.stored()
             classes[c] = {
                 "growing": g.clone() if g is not None else torch.empty(0, st.dim or 0),
                 "threshold": cs.threshold,
-                "recorded": torch.tensor(cs.recorded, dtype=torch.float64),
-                "distances": torch.tensor(cs.distances, dtype=torch.float64),
+                "welford": torch.tensor([cs.count, cs.mean, cs.m2], dtype=torch.float64),
+                "distances": torch.tensor(cs.distances.values(), dtype=torch.float64),
             }
         return {
             "version": STATE_VERSION,
@@ -340,13 +529,21 @@ class PradaDetector(Detector):
         }
 
     def load_client_state(self, client_id: str, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`client_state` (``{}`` forgets the client)."""
+        """Restore a state from :meth:`client_state` (``{}`` forgets the client).
+
+        Version-1 states (the recorded distances as a list) load too: the list is replayed
+        into Welford's sums exactly as the detector computed them. A state saved with fewer
+        distances kept (or none dropped) loads into a ``max_distances`` detector cut to the
+        latest ones; growing sets above ``max_growing`` are kept and simply stop growing.
+        """
+        self._forget_hot(client_id)
         if not state:
             self._clients.pop(client_id, None)
             return
         try:
-            if int(state["version"]) != STATE_VERSION:
-                raise ValueError(f"version {state['version']} (expected {STATE_VERSION})")
+            version = int(state["version"])
+            if version not in _READABLE_VERSIONS:
+                raise ValueError(f"version {state['version']} (expected one of 1, 2)")
             dim = int(state["dim"])
             st = _ClientState(
                 queries=int(state["queries"]),
@@ -359,13 +556,23 @@ class PradaDetector(Detector):
                 g = torch.as_tensor(raw["growing"]).to(self._dtype)
                 if g.ndim != 2 or (g.shape[0] and g.shape[1] != dim):
                     raise ValueError(f"class {c}: growing set of shape {tuple(g.shape)}")
-                cs = _ClassState()
+                distances = torch.as_tensor(raw["distances"], dtype=torch.float64)
+                if distances.ndim != 1:
+                    raise ValueError(f"class {c}: distances of shape {tuple(distances.shape)}")
+                cs = self._new_class(distances.numpy(force=True))
                 if g.shape[0]:
-                    cs.add(g.clone())
-                for d in torch.as_tensor(raw["recorded"], dtype=torch.float64).tolist():
-                    cs.record(d)  # replays the Welford sums exactly
+                    cs.growing.add(g.clone(), g)
+                    st.stored += int(g.shape[0])
+                if version == 1:
+                    for d in torch.as_tensor(raw["recorded"], dtype=torch.float64).tolist():
+                        cs.record(d)  # replays the Welford sums exactly
+                else:
+                    wf = torch.as_tensor(raw["welford"], dtype=torch.float64)
+                    if wf.shape != (3,) or not float(wf[0]).is_integer() or float(wf[0]) < 0:
+                        raise ValueError(f"class {c}: welford sums {wf.tolist()}")
+                    count, mean, m2 = wf.tolist()
+                    cs.count, cs.mean, cs.m2 = int(count), mean, m2
                 cs.threshold = float(raw["threshold"])
-                cs.distances = torch.as_tensor(raw["distances"], dtype=torch.float64).tolist()
                 st.classes[int(c)] = cs
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputValidationError(f"state: not a PRADA client state ({e})") from None
