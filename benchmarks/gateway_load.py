@@ -11,7 +11,7 @@ The victim is the mnist5k LeNet (``--quick``: the digits MLP), trained once and 
   defense or policy; the same protocol decoding), one uvicorn process: the floor.
 - ``full_sqlite``: ``stealproof serve``, 1 worker: API keys, reverse_sigmoid, a PRADA policy,
   accounting and the query log on SQLite, dynamic batching as configured.
-- ``full_sqlite_nobatch``: the same with batching off (``max_wait_ms: 0``), at the top
+- ``full_sqlite_nobatch``: the same with batching off (``max_rows: 1``), at the top
   concurrency only: what batching buys.
 - ``full_postgres_2w``: ``full_sqlite`` on PostgreSQL (a fresh schema, dropped afterwards) with
   ``--workers 2``; a ``{case, skipped}`` row when PostgreSQL does not answer.
@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--batching-wait-ms",
         type=float,
         default=2.0,
-        help="the gateway's batching.max_wait_ms in the full cases (0: off)",
+        help="the gateway's batching.max_wait_ms in the full cases (0: no waiting)",
     )
     ap.add_argument("--pg-url", default=PG_URL, help="PostgreSQL for full_postgres_2w")
     ap.add_argument("--case-timeout", type=float, default=300.0, help="seconds per load run")
@@ -570,6 +570,7 @@ def write_gateway_config(
     params: dict[str, Any],
     models_dir: Path | None,
     batching_wait_ms: float,
+    batching_rows: int | None = None,
 ) -> Path:
     """gateway.yaml: one model, ``defense``, a PRADA policy that never blocks (every row is
     still checked), no admin key (admin API off)."""
@@ -588,7 +589,10 @@ def write_gateway_config(
     doc = {
         "models": [model],
         "max_rows_per_request": HISTORY_BATCH,
-        "batching": {"max_wait_ms": batching_wait_ms},
+        "batching": {
+            "max_wait_ms": batching_wait_ms,
+            **({} if batching_rows is None else {"max_rows": batching_rows}),
+        },
         "database_url": db_url,
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -753,6 +757,7 @@ class Bench:
         models_dir: Path | None = None,
         workers: int = 1,
         batching_wait_ms: float | None = None,
+        batching_rows: int | None = None,
         with_history: bool = False,
     ) -> None:
         """Start ``stealproof serve`` for one case and run its load (and history) rows."""
@@ -767,6 +772,7 @@ class Bench:
             params=RS_PARAMS if params is None else params,
             models_dir=models_dir,
             batching_wait_ms=wait,
+            batching_rows=batching_rows,
         )
         names = [f"{case}-c{c}-{j}" for c in concurrencies for j in range(c)]
         hist_names = [f"history-{n}" for n in a.history] if with_history else []
@@ -774,7 +780,10 @@ class Bench:
         by_name = dict(zip(names + hist_names, keys, strict=True))
         cmd = [stealproof_exe(), "serve", "--config", str(config), "--host", "127.0.0.1"]
         cmd += ["--port", "0", "--workers", str(workers), "--threads", str(a.threads)]
-        extra = {"workers": workers, "batching_max_wait_ms": wait, "defense": defense}
+        extra: dict[str, Any] = {"workers": workers, "batching_max_wait_ms": wait}
+        if batching_rows is not None:
+            extra["batching_max_rows"] = batching_rows
+        extra["defense"] = defense
         with running(cmd) as server:
             for c in concurrencies:
                 mine = [by_name[f"{case}-c{c}-{j}"] for j in range(c)]
@@ -813,7 +822,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         )
     if "full_sqlite_nobatch" in cases:
         bench.gateway_case(
-            "full_sqlite_nobatch", f"{sqlite}/nobatch.db", [top], batching_wait_ms=0.0
+            "full_sqlite_nobatch", f"{sqlite}/nobatch.db", [top], batching_rows=1
         )
     if "full_postgres_2w" in cases:
         reason = postgres_reason(args.pg_url)

@@ -48,18 +48,23 @@ def victim_posteriors(victim: nn.Module, x: Tensor, batch_size: int = 512) -> tu
     Floating ``x`` of any precision is cast to the victim's dtype (:func:`input_dtype`).
     """
     was_training = victim.training
-    victim.eval()
+    if was_training:  # switching costs a walk over every module: only when needed
+        victim.eval()
     try:
         dev = next(victim.parameters()).device
         dtype = input_dtype(victim)
-        logits = torch.cat(
-            [
-                victim(x[i : i + batch_size].to(dev, dtype)).float()
-                for i in range(0, x.shape[0], batch_size)
-            ]
-        )
+        if x.shape[0] <= batch_size:
+            logits = victim(x.to(dev, dtype)).float()
+        else:
+            logits = torch.cat(
+                [
+                    victim(x[i : i + batch_size].to(dev, dtype)).float()
+                    for i in range(0, x.shape[0], batch_size)
+                ]
+            )
     finally:
-        victim.train(was_training)
+        if was_training:
+            victim.train(True)
     return torch.softmax(logits, dim=1), logits
 
 

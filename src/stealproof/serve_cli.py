@@ -15,6 +15,7 @@ import typer
 
 from stealproof._cli_errors import err_console, friendly_errors
 from stealproof.errors import ConfigError
+from stealproof.serve.settings import MAX_QUOTA_ROWS
 
 if TYPE_CHECKING:
     from stealproof.serve.settings import ServeSettings
@@ -89,7 +90,10 @@ def keys_create(
     quota: Annotated[
         int | None,
         typer.Option(
-            "--quota", min=0, max=2**62, help="Row quota of a new client (default: the config's)."
+            "--quota",
+            min=0,
+            max=MAX_QUOTA_ROWS,
+            help="Row quota of a new client (default: the config's).",
         ),
     ] = None,
 ) -> None:

@@ -29,7 +29,7 @@ from stealproof.errors import ClientBlockedError
 from stealproof.models import load_checkpoint
 from stealproof.policy import DetectionPolicy
 from stealproof.serve.db.engine import make_engine, make_sessionmaker
-from stealproof.serve.gateway import row_hashes
+from stealproof.serve.gateway import PRADA_SERVING_DEFAULTS, row_hashes
 
 CLIENTS = 8
 REQUESTS = 2000
@@ -180,7 +180,7 @@ def _replay(victim: Path, streams: dict[str, torch.Tensor], logs: list[Any]) -> 
     logged decision must be the replay's."""
     model, _ = load_checkpoint(victim)
     replay = DetectionPolicy(
-        [PradaDetector(delta=DELTA)],
+        [PradaDetector(delta=DELTA, **PRADA_SERVING_DEFAULTS)],  # as the gateway builds it
         defense=defenses.create("reverse_sigmoid", **RS),
         max_flagged=MAX_FLAGGED,
     )

@@ -39,7 +39,9 @@ def build_gateway(settings: ServeSettings, *, with_models: bool = True) -> tuple
 
     ``with_models=False`` skips loading them, for administration that needs only the database.
     """
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(
+        settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
+    )
     try:
         check_migrated(engine)
         models = (
@@ -89,6 +91,10 @@ def create_app(settings: ServeSettings, *, gateway: Gateway | None = None) -> Fa
         try:
             yield
         finally:
+            pipeline = app.state.pipeline
+            if pipeline is not None:
+                app.state.pipeline = None
+                pipeline.close()
             if engine is not None:
                 engine.dispose()
 
@@ -100,7 +106,7 @@ def create_app(settings: ServeSettings, *, gateway: Gateway | None = None) -> Fa
     )
     app.state.settings = settings
     app.state.admin_key = admin_key
-    app.state.batchers = {}  # model key -> ForwardBatcher, made on first use
+    app.state.pipeline = None  # the worker's Pipeline, started by the first prediction
     app.state.metrics = Metrics(lambda: _read_session(app))
     if gateway is not None:
         app.state.gateway = gateway  # usable without running the lifespan (schema tests)

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 
 from stealproof.serve.errors import Unauthorized, Unavailable
 from stealproof.serve.gateway import ClientRef, Gateway
@@ -29,6 +30,21 @@ def get_client(
 
 
 ClientDep = Annotated[ClientRef, Depends(get_client)]
+
+
+async def get_predicting_client(
+    gateway: GatewayDep,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+) -> ClientRef:
+    """:func:`get_client` for predictions: a key checked moments ago is not read again (the
+    decision re-checks block, quota and revocation under the client's lock)."""
+    cached = gateway.cached_client(authorization)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(gateway.authenticate, authorization)
+
+
+PredictingClientDep = Annotated[ClientRef, Depends(get_predicting_client)]
 
 
 def require_admin(

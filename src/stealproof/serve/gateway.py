@@ -2,45 +2,69 @@
 
 For one prediction request of an authenticated client (DESIGN.md "Gateway"):
 
-1. refuse before the model runs — admin block, policy block, quota — reading the database
-   without taking the client's lock (a refused request is never charged or logged);
-2. run the victim's forward pass outside any lock;
-3. under the client's lock (``SELECT … FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
-   SQLite): check the refusals again, load the client's policy state, run the policy (detectors,
-   normal or deceptive answer, termination), write state, counters and one query-log row, and
-   commit;
-4. only then return the answer, so every answer a client received has its log row.
+1. refuse before the model runs — admin block, policy block, quota — from the standing read
+   with the API key (:meth:`Gateway.authenticate`; a key checked moments ago is reused); a
+   refused request is never charged or logged;
+2. run the victim's forward pass and the normal defense outside any lock, together with the
+   other requests waiting in the worker (:mod:`stealproof.serve.pipeline`);
+3. in one transaction for all those requests (:meth:`Gateway.decide_batch`): lock their
+   clients (``SELECT … FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), check key
+   revocation and the refusals again, bring each client's policy state up to date (a worker
+   cache, checked against the database's version: :mod:`stealproof.serve.client_states`), run
+   each client's policy in order (detectors, normal or deceptive answer, termination), write
+   one journal row, the counters and one query-log row per request, and commit;
+4. only then return the answers, so every answer a client received has its log row.
 
-One client's requests are therefore decided in order across all workers; different clients
-lock different rows and never wait for each other on PostgreSQL.
+One client's requests are therefore decided in order across all workers, and a request's
+database work does not grow with its client's history: the state is appended to, not
+rewritten (a checkpoint every ``state.checkpoint_rows`` rows).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from torch import Tensor, nn
 
-from stealproof.detectors.base import Detector, dumps_state, loads_state
+from stealproof.detectors.base import Detector, dumps_state
 from stealproof.errors import ClientBlockedError, ConfigError, StealproofError
 from stealproof.metrics import l1_distance
 from stealproof.oracle import apply_output_mode, input_dtype, victim_posteriors
 from stealproof.policy import DetectionPolicy, PolicyConfig
-from stealproof.serve.db import repo
+from stealproof.serve.client_states import ClientStates, encode_rows, policy_key, restore
+from stealproof.serve.db import ledger, repo
+from stealproof.serve.db.ledger import Head
 from stealproof.serve.db.models import Client, ClientModelState
-from stealproof.serve.errors import Forbidden, NotFound, QuotaExceeded, Unauthorized
+from stealproof.serve.errors import (
+    Forbidden,
+    GatewayError,
+    NotFound,
+    QuotaExceeded,
+    Unauthorized,
+)
 from stealproof.serve.protocol import OUTPUT_LABELS, OUTPUT_PROBS, InputSpec
 from stealproof.serve.settings import ModelSettings, ServeSettings
 
 log = logging.getLogger(__name__)
+
+#: PRADA parameters the gateway sets unless a config does (``null`` lifts a cap): what one
+#: client can make a worker hold is bounded — ``max_growing`` stored queries (D floats each) and
+#: ``max_distances`` distances per class — and so is the cost of each of its queries.
+PRADA_SERVING_DEFAULTS: dict[str, Any] = {"max_growing": 2048, "max_distances": 5000}
+
+#: Cached authentications per worker at most (the cache is emptied when full).
+AUTH_CACHE_SIZE = 10_000
 
 #: What a client is told when it is blocked, whatever the reason (it must not learn it was
 #: detected, nor by which detector).
@@ -73,10 +97,15 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class ClientRef:
-    """An authenticated client (what the API key resolved to)."""
+    """An authenticated client (what the API key resolved to), with its standing as read with
+    the key: the refusals before the model runs use it; the decision re-checks under the lock."""
 
     id: int
     name: str
+    blocked: bool = False
+    quota_rows: int | None = None
+    rows_used: int = 0
+    key_id: str = ""
 
 
 @dataclass
@@ -87,6 +116,19 @@ class Answer:
     rows: int
     log_id: int
     blocked_now: bool = False
+
+
+@dataclass
+class Decision:
+    """A request whose model work is done, waiting for its client's policy decision."""
+
+    client: ClientRef
+    served: ServedModel
+    x: Tensor
+    clean: Tensor
+    logits: Tensor
+    normal: Tensor
+    t_forward: float = 0.0
 
 
 def row_hashes(x: Tensor) -> list[str]:
@@ -106,7 +148,7 @@ def _detectors(
         if d.kind == "prada":
             if d.bundle is not None:
                 raise ConfigError(f"policy.detectors[{i}]: prada takes no bundle")
-            out[key] = PradaDetector(**d.params)
+            out[key] = PradaDetector(**{**PRADA_SERVING_DEFAULTS, **d.params})
         else:
             if d.bundle is None:
                 raise ConfigError(
@@ -174,6 +216,8 @@ def _load_model(ms: ModelSettings, settings: ServeSettings) -> ServedModel:
             )
         ) from None
     pol = ms.policy
+    if any(d.kind == "prada" for d in pol.detectors):
+        import scipy.stats  # noqa: F401  # PRADA's first test would import it (~1 s) mid-request
     policy = DetectionPolicy(
         _detectors(ms, settings, victim),
         defense=normal,
@@ -221,6 +265,24 @@ class Gateway:
     readers: sessionmaker[Session] | None = None
     is_postgres: bool = False
     observer: GatewayObserver | None = None
+    states: ClientStates = field(init=False)
+    _decide_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _delivered: deque[int] = field(init=False, default_factory=deque)
+    _auth_cache: dict[str, tuple[float, ClientRef]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.states = ClientStates(self.settings.state.cache_clients)
+
+    @property
+    def checkpoint_rows(self) -> int:
+        """Journal rows of a client after which its whole state is written again."""
+        return self.settings.state.checkpoint_rows
+
+    def _bind(self, *, write: bool) -> Engine:
+        """The engine behind the write (or read) sessions, for the request path's statements."""
+        maker = self.sessions if write or self.readers is None else self.readers
+        bind: Engine = maker.kw["bind"]
+        return bind
 
     def read_session(self) -> Session:
         """A session for reads (on SQLite it neither waits for nor blocks a writer)."""
@@ -250,19 +312,49 @@ class Gateway:
         return [m.version for m in self.models if m.name == name]
 
     def authenticate(self, authorization: str | None) -> ClientRef:
-        """The client an ``Authorization: Bearer <key>`` header belongs to (401 otherwise)."""
+        """The client an ``Authorization: Bearer <key>`` header belongs to (401 otherwise), with
+        its standing (one read)."""
         if not authorization:
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
         scheme, _, key = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("malformed Authorization header: expected `Bearer <key>`")
-        with self.read_session() as s:
-            found = repo.authenticate(s, key.strip())
-            if not found.ok or found.client is None:
-                raise Unauthorized(
-                    "revoked API key" if found.status == "revoked" else "invalid API key"
-                )
-            return ClientRef(found.client.id, found.client.name)
+        with self._bind(write=False).connect() as conn:
+            found = ledger.key_owner(conn, key.strip())
+        if found.status != "ok":
+            raise Unauthorized(
+                "revoked API key" if found.status == "revoked" else "invalid API key"
+            )
+        ref = ClientRef(
+            found.client_id,
+            found.name,
+            found.blocked,
+            found.quota_rows,
+            found.rows_used,
+            found.key_id,
+        )
+        ttl = self.settings.auth_cache_seconds
+        if ttl > 0 and not ref.blocked:  # a blocked client is read again: unblocking is at once
+            if len(self._auth_cache) >= AUTH_CACHE_SIZE:
+                self._auth_cache.clear()
+            self._auth_cache[authorization] = (time.monotonic() + ttl, ref)
+        return ref
+
+    def cached_client(self, authorization: str | None) -> ClientRef | None:
+        """The client of an ``Authorization`` header :meth:`authenticate` accepted less than
+        ``auth_cache_seconds`` ago (None: ask :meth:`authenticate`). Its standing may be that
+        old; :meth:`decide_batch` checks block, quota and revocation again under the lock."""
+        hit = self._auth_cache.get(authorization or "")
+        if hit is None:
+            return None
+        if time.monotonic() > hit[0]:
+            self._auth_cache.pop(authorization or "", None)
+            return None
+        return hit[1]
+
+    def forget_authentications(self) -> None:
+        """Drop cached authentications (after an administrator changed keys or standings)."""
+        self._auth_cache.clear()
 
     # ------------------------------------------------------------------ prediction
 
@@ -272,31 +364,33 @@ class Gateway:
         )
         return s.execute(q.limit(1)).first() is not None
 
-    def _refuse(self, s: Session, c: Client, rows: int) -> None:
-        if c.admin_blocked or self._policy_blocked(s, c.id):
-            raise Forbidden(BLOCKED_MESSAGE)
-        if c.quota_rows is not None and c.rows_used + rows > c.quota_rows:
-            left = max(0, c.quota_rows - c.rows_used)
-            raise QuotaExceeded(
-                f"quota exceeded: {left} of {c.quota_rows} rows left, this request has {rows}"
+    @staticmethod
+    def _refusal(
+        blocked: bool, quota_rows: int | None, rows_used: int, rows: int
+    ) -> GatewayError | None:
+        """403 for a blocked client, 429 past its quota, else None."""
+        if blocked:
+            return Forbidden(BLOCKED_MESSAGE)
+        if quota_rows is not None and rows_used + rows > quota_rows:
+            left = max(0, quota_rows - rows_used)
+            return QuotaExceeded(
+                f"quota exceeded: {left} of {quota_rows} rows left, this request has {rows}"
             )
+        return None
 
     def infer(self, client: ClientRef, served: ServedModel, x: Tensor) -> Answer:
         """Answer a checked batch ``x`` [B, C, H, W] in [0, 1] for ``client`` (module doc):
         :meth:`precheck`, :meth:`forward` and :meth:`decide` in turn, unbatched."""
         self.precheck(client, int(x.shape[0]))
-        x = x.to(dtype=input_dtype(served.victim))
         t0 = time.perf_counter()
         clean, logits, normal = self.forward(served, x)
         return self.decide(client, served, x, clean, logits, normal, time.perf_counter() - t0)
 
     def precheck(self, client: ClientRef, rows: int) -> None:
-        """Refuse (403, 429) before the model runs, without taking the client's lock."""
-        with self.read_session() as s:
-            c = s.get(Client, client.id)
-            if c is None:
-                raise Unauthorized("invalid API key")
-            self._refuse(s, c, rows)
+        """Refuse (403, 429) before the model runs, from the standing read with the key."""
+        refusal = self._refusal(client.blocked, client.quota_rows, client.rows_used, rows)
+        if refusal is not None:
+            raise refusal
 
     @staticmethod
     def forward(served: ServedModel, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -317,59 +411,140 @@ class Gateway:
         normal: Tensor,
         t_forward: float = 0.0,
     ) -> Answer:
-        """Under the client's lock: its policy state, detectors, deceptive answers, termination,
-        state + counters + log, commit (module doc). ``t_forward`` is reported to the observer."""
-        n = int(x.shape[0])
-        x = x.to(dtype=input_dtype(served.victim))
-        hashes = row_hashes(x)
-        key = str(client.id)
-        policy = served.policy
+        """:meth:`decide_batch` for one request; a refusal is raised."""
+        (out,) = self.decide_batch([Decision(client, served, x, clean, logits, normal, t_forward)])
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def decide_batch(self, items: Sequence[Decision]) -> list[Answer | GatewayError]:
+        """Decide requests in one transaction (module doc): lock their clients, bring their
+        states up to date, run each client's policy in order, write journal, counters, state
+        heads and log rows, commit. A refused request gets its error in its place; a failure of
+        the transaction raises (nothing of the batch was answered or written)."""
+        with self._decide_lock:
+            return self._decide_batch(items)
+
+    def _decide_batch(self, items: Sequence[Decision]) -> list[Answer | GatewayError]:
+        out: list[Answer | GatewayError | None] = [None] * len(items)
+        answers: list[tuple[int, Tensor, int, bool]] = []  # (item, tensor, rows, blocked now)
+        reports: list[tuple[int, float, Any]] = []
+        touched: dict[tuple[str, int], ServedModel] = {}
+        marks = self._take_delivered()
+        t_policy_all = 0.0
         t1 = time.perf_counter()
-        with self.sessions.begin() as s:
-            c = repo.lock_client(s, client.id)
-            self._refuse(s, c, n)
-            row = repo.load_state(s, c.id, served.key)
-            t2 = time.perf_counter()
-            # The policy object is shared by the worker's threads; the client's state lives in it
-            # only while this transaction holds the client's lock, so another request of the
-            # same client never sees it half-updated.
-            try:
-                policy.load_client_state(key, loads_state(row.state) if row is not None else {})
-                try:
-                    resp = policy.respond(key, x.to(clean.device), clean, logits, normal=normal)
-                except ClientBlockedError:
-                    raise Forbidden(BLOCKED_MESSAGE) from None
-                state = dumps_state(policy.client_state(key))
-            finally:
-                policy.reset_client(key)
-            released = apply_output_mode(resp.released, served.output, served.top_k)  # type: ignore[arg-type]
-            t_policy = time.perf_counter() - t2
-            flags = resp.flags.cpu()
-            flagged = int(flags.sum())
-            repo.save_state(
-                s, c.id, served.key, state, policy_blocked=resp.blocked, reason=resp.reason
-            )
-            repo.charge(s, c, n, flagged)
-            entry = repo.append_log(
-                s,
-                c.id,
-                served.name,
-                served.version,
-                n,
-                hashes,
-                ["deceptive" if f else "normal" for f in flags.tolist()],
-                [round(float(v), 7) for v in l1_distance(released, clean).tolist()],
-                {k: [round(float(v), 7) for v in t.tolist()] for k, t in resp.scores.items()},
-            )
-            s.flush()
-            log_id = int(entry.id)
-        # committed: only now is the answer released
+        try:
+            with self._bind(write=True).begin() as s:
+                ledger.mark_delivered(s, marks)
+                ledgers, heads = ledger.lock_clients(
+                    s, (it.client.id for it in items), postgres=self.is_postgres
+                )
+                # the key may have been revoked since it was authenticated (cached)
+                revoked = ledger.revoked_keys(s, {it.client.key_id for it in items})
+                journal: list[dict[str, Any]] = []
+                logs: list[ledger.LogRow] = []
+                for i, it in enumerate(items):
+                    served, n = it.served, int(it.x.shape[0])
+                    g = ledgers[it.client.id]
+                    if it.client.key_id in revoked:
+                        out[i] = Unauthorized("revoked API key")
+                        continue
+                    refusal = self._refusal(
+                        g.admin_blocked or bool(g.policy_blocked), g.quota_rows, g.rows_used, n
+                    )
+                    if refusal is not None:
+                        out[i] = refusal
+                        continue
+                    head = heads.setdefault((g.id, served.key), Head())
+                    touched[(served.key, g.id)] = served
+                    self.states.ensure(s, served, g.id, head)
+                    t2 = time.perf_counter()
+                    x = it.x.to(dtype=input_dtype(served.victim))
+                    try:
+                        resp = served.policy.respond(
+                            policy_key(g.id),
+                            x.to(it.clean.device),
+                            it.clean,
+                            it.logits,
+                            normal=it.normal,
+                        )
+                    except ClientBlockedError:  # the state says blocked: the head did not
+                        out[i] = Forbidden(BLOCKED_MESSAGE)
+                        continue
+                    released = apply_output_mode(resp.released, served.output, served.top_k)  # type: ignore[arg-type]
+                    t_policy = time.perf_counter() - t2
+                    t_policy_all += t_policy
+                    flags = resp.flags.cpu()
+                    flagged = int(flags.sum())
+                    head.version += 1
+                    head.journal_rows += n
+                    head.policy_blocked = resp.blocked
+                    head.reason = resp.reason
+                    head.changed = True
+                    if resp.blocked:
+                        g.policy_blocked.add(served.key)
+                    if resp.blocked or head.journal_rows >= self.checkpoint_rows:
+                        head.checkpoint = dumps_state(served.policy.client_state(policy_key(g.id)))
+                        head.checkpoint_version = head.version
+                        head.journal_rows = 0
+                    journal.append(
+                        {
+                            "client_id": g.id,
+                            "model": served.key,
+                            "version": head.version,
+                            **encode_rows(x, it.clean),
+                        }
+                    )
+                    self.states.advanced(served, g.id, head.version)
+                    g.rows_used += n
+                    g.requests += 1
+                    g.flagged_rows += flagged
+                    g.changed = True
+                    logs.append(
+                        ledger.LogRow(
+                            g.id,
+                            served.name,
+                            served.version,
+                            n,
+                            row_hashes(x),
+                            ["deceptive" if f else "normal" for f in flags.tolist()],
+                            [round(float(v), 7) for v in l1_distance(released, it.clean).tolist()],
+                            {
+                                k: [round(float(v), 7) for v in t.tolist()]
+                                for k, t in resp.scores.items()
+                            },
+                        )
+                    )
+                    out_t = released.argmax(dim=1) if served.output == "label" else released
+                    answers.append((i, out_t.cpu(), n, resp.blocked))
+                    reports.append((i, t_policy, resp))
+                # journal rows a checkpoint of this batch already holds are not written
+                kept = [
+                    j
+                    for j in journal
+                    if j["version"] > heads[(j["client_id"], j["model"])].checkpoint_version
+                ]
+                ids = ledger.write_batch(s, ledgers, heads, kept, logs)
+        except BaseException:
+            # states in memory may be ahead of the database: read them again next time
+            for (_, cid), served in touched.items():
+                self.states.forget(served, cid)
+            self._delivered.extend(marks)
+            raise
+        # committed: only now are the answers released
+        t_db = time.perf_counter() - t1 - t_policy_all
+        for (i, tensor, n, blocked_now), log_id in zip(answers, ids, strict=True):
+            out[i] = Answer(tensor, n, log_id, blocked_now=blocked_now)
+            if blocked_now:
+                it = items[i]
+                log.info("client %s blocked on %s", it.client.name, it.served.key)
         if self.observer is not None:
-            self._report(served, t_forward, t_policy, time.perf_counter() - t1 - t_policy, resp)
-        out = released.argmax(dim=1) if served.output == "label" else released
-        if resp.blocked:
-            log.info("client %s blocked on %s: %s", client.name, served.key, resp.reason)
-        return Answer(out.cpu(), n, log_id, blocked_now=resp.blocked)
+            for i, t_policy, resp in reports:
+                it = items[i]
+                self._report(it.served, it.t_forward, t_policy, t_db, resp)
+        done = [o for o in out if o is not None]
+        assert len(done) == len(items)
+        return done
 
     def _report(
         self, served: ServedModel, forward: float, policy: float, database: float, resp: Any
@@ -387,9 +562,32 @@ class Gateway:
             obs.count_detector_flags(name, version, det, int(f.sum()))
 
     def mark_delivered(self, log_id: int) -> None:
-        """Mark a logged answer as handed to the client's connection (after the response)."""
-        with self.sessions.begin() as s:
-            repo.mark_delivered(s, log_id)
+        """Note that a logged answer was handed to the client's connection; the mark is written
+        with the next decision (or by :meth:`flush_delivered`). A worker that dies first leaves
+        the row marked undelivered — never the other way round."""
+        self._delivered.append(log_id)
+
+    def flush_delivered(self) -> int:
+        """Write the pending delivered marks now (one statement) → how many."""
+        marks = self._take_delivered()
+        if not marks:
+            return 0
+        try:
+            with self._bind(write=True).begin() as conn:
+                ledger.mark_delivered(conn, marks)
+        except BaseException:
+            self._delivered.extend(marks)
+            raise
+        return len(marks)
+
+    def _take_delivered(self) -> list[int]:
+        marks: list[int] = []
+        while self._delivered:
+            try:
+                marks.append(self._delivered.popleft())
+            except IndexError:  # emptied by another thread
+                break
+        return marks
 
     # ------------------------------------------------------------------ clients
 
@@ -437,15 +635,17 @@ class Gateway:
         }
 
     def unblock_policy(self, s: Session, c: Client) -> int:
-        """Lift every policy block of ``c`` (the counters restart; history is kept)."""
+        """Lift every policy block of ``c`` (the counters restart; history is kept). Call it
+        under the client's lock (:func:`repo.lock_client`)."""
         lifted = 0
         for served in self.models:
             row = repo.load_state(s, c.id, served.key)
             if row is None or not row.policy_blocked:
                 continue
+            head = Head(row.version, row.checkpoint_version, row.journal_rows, True, exists=True)
             key = f"admin-{c.id}"
             try:
-                served.policy.load_client_state(key, loads_state(row.state))
+                restore(s, served, c.id, head, key)
                 served.policy.unblock(key)
                 repo.save_state(
                     s,

@@ -22,8 +22,9 @@ from stealproof.errors import ConfigError
 #: Placeholder secrets a deployment must not run with.
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "secret", "admin", "password", "test"})
 MIN_ADMIN_KEY_LENGTH = 32
-#: The largest row quota (counters are 64-bit integers in the database).
-MAX_QUOTA_ROWS = 2**62
+#: The largest row quota: 10**15 rows. Counters are 64-bit in the database, and a bound well
+#: below 2**53 reads the same to clients that parse JSON numbers as doubles (OpenAPI schema).
+MAX_QUOTA_ROWS = 10**15
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -70,14 +71,33 @@ class ModelSettings(BaseModel):
 
 
 class BatchingSettings(BaseModel):
-    """Dynamic batching of concurrent requests' model work (see stealproof.serve.batching)."""
+    """Dynamic batching and group commit of concurrent requests (see stealproof.serve.pipeline)."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_wait_ms: float = Field(
-        2.0, ge=0, le=100, description="how long a request waits for others (0: no batching)"
+        2.0,
+        ge=0,
+        le=100,
+        description="how long a turn waits for requests still being received (never when none is)",
     )
-    max_rows: int = Field(64, ge=1, le=65536, description="rows that start a batch at once")
+    max_rows: int = Field(64, ge=1, le=65536, description="rows per turn at most (1: no batching)")
+
+
+class StateSettings(BaseModel):
+    """How client policy states are kept (see stealproof.serve.client_states)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_rows: int = Field(
+        1024,
+        ge=1,
+        le=2**20,
+        description="journal rows of a client after which its whole state is written again",
+    )
+    cache_clients: int = Field(
+        256, ge=1, le=2**20, description="clients per model whose state a worker keeps in memory"
+    )
 
 
 class ServeSettings(BaseSettings):
@@ -93,6 +113,7 @@ class ServeSettings(BaseSettings):
     models: list[ModelSettings] = Field(min_length=1)
     max_rows_per_request: int = Field(256, ge=1, le=65536)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     quota_rows: int | None = Field(
         None,
@@ -102,6 +123,18 @@ class ServeSettings(BaseSettings):
     )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL (default: SQLite stealproof.db next to the config)"
+    )
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="a prediction reuses an API key check this recent (0: check every time); "
+        "block, quota and revocation are checked again when the request is decided",
+    )
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="SQLite only: 'normal' survives a killed process, 'full' also a power loss "
+        "(syncs every commit; slower)",
     )
     admin_key_env: str = Field(
         "STEALPROOF_ADMIN_KEY", description="environment variable holding the admin key"

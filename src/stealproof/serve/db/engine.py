@@ -62,17 +62,25 @@ def normalize_url(url: str) -> str:
     )
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Hand transaction control to SQLAlchemy and set the pragmas the gateway relies on."""
-    # Disable the sqlite3 module's own BEGIN/COMMIT handling; _on_sqlite_begin emits BEGIN.
-    dbapi_connection.isolation_level = None
-    cur = dbapi_connection.cursor()
-    try:
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cur.close()
+#: ``PRAGMA synchronous`` values the gateway accepts (see :func:`make_engine`).
+SQLITE_SYNCHRONOUS: Final = ("normal", "full")
+
+
+def _sqlite_connect_hook(synchronous: str) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        """Hand transaction control to SQLAlchemy and set the pragmas the gateway relies on."""
+        # Disable the sqlite3 module's own BEGIN/COMMIT handling; _on_sqlite_begin emits BEGIN.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        finally:
+            cur.close()
+
+    return on_connect
 
 
 def _on_sqlite_begin(conn: Connection) -> None:
@@ -83,11 +91,21 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, sqlite_synchronous: str = "normal", **kwargs: Any) -> Engine:
     """An engine for ``url`` (SQLite file or PostgreSQL), configured for the gateway.
 
-    Extra ``kwargs`` go to :func:`sqlalchemy.create_engine` (e.g. ``poolclass`` in tests).
+    ``sqlite_synchronous``: SQLite's ``PRAGMA synchronous`` in WAL mode. ``normal`` (default)
+    syncs the write-ahead log to disk at checkpoints, not at every commit: a committed
+    transaction survives the process being killed, but the last ones before a power loss or OS
+    crash may be rolled back (the database stays consistent). ``full`` syncs at every commit
+    (several times slower per request on ordinary disks). Extra ``kwargs`` go to
+    :func:`sqlalchemy.create_engine` (e.g. ``poolclass`` in tests).
     """
+    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+        raise ConfigError(
+            f"sqlite_synchronous: expected one of {list(SQLITE_SYNCHRONOUS)}, "
+            f"got {sqlite_synchronous!r}"
+        )
     url = normalize_url(url)
     try:
         parsed = make_url(url)
@@ -96,7 +114,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
         engine = create_engine(parsed, connect_args=connect_args, **kwargs)
-        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "connect", _sqlite_connect_hook(sqlite_synchronous))
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)

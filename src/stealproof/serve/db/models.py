@@ -1,4 +1,5 @@
-"""The gateway's tables: clients, API keys, per-client policy state and the query log."""
+"""The gateway's tables: clients, API keys, per-client policy state (a checkpoint and a journal
+of the requests after it) and the query log."""
 
 from __future__ import annotations
 
@@ -69,7 +70,14 @@ class ApiKey(Base):
 
 
 class ClientModelState(Base):
-    """A client's detection-policy state for one served model (``dumps_state`` bytes)."""
+    """A client's detection-policy state for one served model.
+
+    ``version`` counts the decisions (and administrator changes) applied to the state; ``state``
+    is a checkpoint (``dumps_state`` bytes; empty: no state) at ``checkpoint_version``, and
+    :class:`StateJournal` holds the requests ``checkpoint_version < v <= version``: replaying
+    them onto the checkpoint gives the current state. A request therefore appends one journal
+    row instead of rewriting a state that grows with the client's history.
+    """
 
     __tablename__ = "client_model_state"
 
@@ -81,7 +89,28 @@ class ClientModelState(Base):
     policy_blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     blocked_reason: Mapped[str | None] = mapped_column(String(500))
     version: Mapped[int] = mapped_column(Integer, default=1)
+    checkpoint_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    #: rows of the journal after the checkpoint (a new checkpoint is written past a limit)
+    journal_rows: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class StateJournal(Base):
+    """One decided request of a client on a model, as the policy observed it: the inputs
+    (float32 ``[rows, C, H, W]``) and the victim's clean posteriors (``[rows, K]`` of
+    ``y_dtype``), raw bytes. Rows at or below the state's checkpoint are deleted."""
+
+    __tablename__ = "state_journal"
+
+    client_id: Mapped[int] = mapped_column(
+        ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    x: Mapped[bytes] = mapped_column(LargeBinary)
+    y: Mapped[bytes] = mapped_column(LargeBinary)
+    y_dtype: Mapped[str] = mapped_column(String(16))
 
 
 class QueryLog(Base):

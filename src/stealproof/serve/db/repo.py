@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,8 +25,10 @@ from stealproof.serve.db.models import (
     Client,
     ClientModelState,
     QueryLog,
+    StateJournal,
 )
 from stealproof.serve.security import DUMMY_HASH, generate_key, parse_key, verify_key
+from stealproof.serve.settings import MAX_QUOTA_ROWS
 
 ACTIONS = frozenset({"normal", "deceptive"})
 _KEY_ATTEMPTS = 5
@@ -74,9 +76,11 @@ def create_client(s: Session, name: str, *, quota_rows: int | None = None) -> Cl
         raise InputValidationError(
             f"client name: expected 1 to {NAME_LENGTH} characters, got {name!r}"
         )
-    if quota_rows is not None and (isinstance(quota_rows, bool) or not 0 <= quota_rows <= 2**62):
+    if quota_rows is not None and (
+        isinstance(quota_rows, bool) or not 0 <= quota_rows <= MAX_QUOTA_ROWS
+    ):
         raise InputValidationError(
-            f"quota_rows: expected an integer in [0, 2**62] or None, got {quota_rows!r}"
+            f"quota_rows: expected an integer in [0, {MAX_QUOTA_ROWS}] or None, got {quota_rows!r}"
         )
     if get_client(s, name) is not None:
         raise ClientExistsError(f"client {name!r} already exists")
@@ -236,7 +240,8 @@ def save_state(
     policy_blocked: bool,
     reason: str | None = None,
 ) -> ClientModelState:
-    """Insert or update the client's state for ``model``; ``version`` counts the writes (1, 2, ...).
+    """Write the client's whole state for ``model`` as a new checkpoint (the journal before it is
+    deleted); ``version`` counts the changes (1, 2, ...).
 
     Call it under :func:`lock_client`: two unlocked first writes of one client would collide.
     """
@@ -250,6 +255,8 @@ def save_state(
             policy_blocked=policy_blocked,
             blocked_reason=reason,
             version=1,
+            checkpoint_version=1,
+            journal_rows=0,
             updated_at=now,
         )
         s.add(row)
@@ -258,7 +265,14 @@ def save_state(
         row.policy_blocked = policy_blocked
         row.blocked_reason = reason
         row.version += 1
+        row.checkpoint_version = row.version
+        row.journal_rows = 0
         row.updated_at = now
+        s.execute(
+            delete(StateJournal).where(
+                StateJournal.client_id == client_id, StateJournal.model == model
+            )
+        )
     s.flush()
     return row
 

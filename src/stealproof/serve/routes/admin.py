@@ -119,6 +119,7 @@ def block(name: str, gateway: GatewayDep, body: BlockRequest | None = None) -> d
         c = repo.lock_client(s, _client(s, name).id)
         repo.set_admin_block(s, c, True, reason)
         out = gateway.client_summary(s, c)
+    gateway.forget_authentications()  # refused before the model runs, not only when decided
     return out
 
 
@@ -155,6 +156,7 @@ def revoke_key(key_id: str, gateway: GatewayDep) -> None:
     with gateway.sessions.begin() as s:
         if not repo.revoke_key(s, key_id):
             raise NotFound(f"no active key with id {key_id!r}")
+    gateway.forget_authentications()
 
 
 @router.get(

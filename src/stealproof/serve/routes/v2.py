@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 
 from stealproof import __version__
 from stealproof.serve import protocol
-from stealproof.serve.batching import ForwardBatcher
-from stealproof.serve.deps import ClientDep, GatewayDep
+from stealproof.serve.deps import GatewayDep, PredictingClientDep
 from stealproof.serve.errors import TooLarge
-from stealproof.serve.gateway import Gateway, ServedModel
+from stealproof.serve.gateway import Gateway
 from stealproof.serve.metrics import note_rows
+from stealproof.serve.pipeline import Pipeline
 
 router = APIRouter(prefix="/v2", tags=["inference"])
 
@@ -195,49 +195,47 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
-def _batcher(
-    request: Request, served: ServedModel, max_wait: float, max_rows: int
-) -> ForwardBatcher:
-    """The app's batcher of ``served`` (one per model version and event loop)."""
-    batchers: dict[str, ForwardBatcher] = request.app.state.batchers
-    batcher = batchers.get(served.key)
-    if batcher is None:
-        batcher = batchers[served.key] = ForwardBatcher(
-            lambda x: Gateway.forward(served, x), max_wait=max_wait, max_rows=max_rows
+def _pipeline(request: Request, gateway: Gateway) -> Pipeline:
+    """The app's pipeline thread (started by the first prediction, stopped by the lifespan)."""
+    pipeline: Pipeline | None = request.app.state.pipeline
+    if pipeline is None:
+        batching = gateway.settings.batching
+        pipeline = request.app.state.pipeline = Pipeline(
+            gateway, max_wait=batching.max_wait_ms / 1000, max_rows=batching.max_rows
         )
-    return batcher
+    return pipeline
+
+
+async def _delivered(gateway: Gateway, log_id: int) -> None:
+    """Note the delivery (async: the gateway only queues the mark, no thread is needed)."""
+    gateway.mark_delivered(log_id)
 
 
 async def _infer(
     request: Request,
     gateway: GatewayDep,
-    client: ClientDep,
+    client: PredictingClientDep,
     name: str,
     version: str | None,
     header_length: str | None,
 ) -> Response:
     served = gateway.model(name, version)
     settings = gateway.settings
-    body = await _read_body(request, settings.max_body_bytes)
-    parsed = protocol.parse_infer_request(
-        body,
-        header_length,
-        served.spec,
-        max_rows=settings.max_rows_per_request,
-        max_bytes=settings.max_body_bytes,
-        available_outputs=(served.output_name,),
-    )
-    note_rows(request, int(parsed.x.shape[0]))  # refused from here on: rows are known
-    batching = settings.batching
-    if batching.max_wait_ms > 0:
-        await run_in_threadpool(gateway.precheck, client, int(parsed.x.shape[0]))
-        batcher = _batcher(request, served, batching.max_wait_ms / 1000, batching.max_rows)
-        (clean, logits, normal), seconds = await batcher.submit(parsed.x)
-        answer = await run_in_threadpool(
-            gateway.decide, client, served, parsed.x, clean, logits, normal, seconds
+    pipeline = _pipeline(request, gateway)
+    with pipeline.receiving():  # a turn of the pipeline may wait for this request
+        body = await _read_body(request, settings.max_body_bytes)
+        parsed = protocol.parse_infer_request(
+            body,
+            header_length,
+            served.spec,
+            max_rows=settings.max_rows_per_request,
+            max_bytes=settings.max_body_bytes,
+            available_outputs=(served.output_name,),
         )
-    else:
-        answer = await run_in_threadpool(gateway.infer, client, served, parsed.x)
+        note_rows(request, int(parsed.x.shape[0]))  # refused from here on: rows are known
+        gateway.precheck(client, int(parsed.x.shape[0]))
+    # no longer "arriving" once queued: a turn never waits for a request it already has
+    answer = await asyncio.wrap_future(pipeline.submit(client, served, parsed.x))
     note_rows(request, answer.rows, served=True)
     content, headers = protocol.encode_infer_response(
         model_name=served.name,
@@ -249,7 +247,7 @@ async def _infer(
     )
     media = headers.pop("content-type", headers.pop("Content-Type", "application/json"))
     # runs once the response was sent: a worker that dies before leaves the row undelivered
-    delivered = BackgroundTask(gateway.mark_delivered, answer.log_id)
+    delivered = BackgroundTask(_delivered, gateway, answer.log_id)
     return Response(content=content, media_type=media, headers=headers, background=delivered)
 
 
@@ -269,7 +267,7 @@ async def infer(
     name: str,
     request: Request,
     gateway: GatewayDep,
-    client: ClientDep,
+    client: PredictingClientDep,
     inference_header_content_length: Annotated[
         str | None, Header(alias=protocol.HEADER_LENGTH, include_in_schema=False)
     ] = None,
@@ -289,7 +287,7 @@ async def infer_version(
     version: str,
     request: Request,
     gateway: GatewayDep,
-    client: ClientDep,
+    client: PredictingClientDep,
     inference_header_content_length: Annotated[
         str | None, Header(alias=protocol.HEADER_LENGTH, include_in_schema=False)
     ] = None,

@@ -1,0 +1,342 @@
+"""The request path's database work, as few Core statements as possible.
+
+One prediction request costs one read (:func:`key_owner`: the key, its client and the client's
+standing) and its share of one write transaction that decides a whole batch of requests
+(:func:`lock_clients`, :func:`state_heads`, then :func:`write_batch`): every statement there
+covers all requests of the batch. Nothing here commits; the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, insert, text
+from sqlalchemy.orm import Session
+
+from stealproof.serve.db.base import UTCDateTime, utcnow
+from stealproof.serve.db.models import QueryLog
+from stealproof.serve.db.repo import AuthStatus, ClientNotFoundError, _json_float
+from stealproof.serve.security import DUMMY_HASH, parse_key, verify_key
+
+# Statements are written out once and compiled once: per request, SQLAlchemy's statement
+# building and cache-key work would cost more than SQLite executing them.
+_LOG: Table = QueryLog.__table__  # type: ignore[assignment]
+_NOW = bindparam("now", type_=UTCDateTime())
+
+_KEY_OWNER = text(
+    "SELECT k.key_hash, k.revoked_at IS NOT NULL, c.id, c.name, c.admin_blocked, "
+    "EXISTS (SELECT 1 FROM client_model_state s WHERE s.client_id = c.id AND s.policy_blocked), "
+    "c.quota_rows, c.rows_used "
+    "FROM api_keys k JOIN clients c ON c.id = k.client_id WHERE k.key_id = :key_id"
+)
+_REVOKED = text(
+    "SELECT key_id FROM api_keys WHERE key_id IN :ids AND revoked_at IS NOT NULL"
+).bindparams(bindparam("ids", expanding=True))
+_CLIENT_COLUMNS = (
+    "SELECT c.id, c.admin_blocked, c.quota_rows, c.rows_used, c.requests, c.flagged_rows, "
+    "s.model, s.version, s.checkpoint_version, s.journal_rows, s.policy_blocked, "
+    "s.blocked_reason FROM clients c LEFT JOIN client_model_state s ON s.client_id = c.id "
+)
+_LOCK_SQLITE = text(_CLIENT_COLUMNS + "WHERE c.id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+_LOCK_POSTGRES = text(
+    "SELECT id, admin_blocked, quota_rows, rows_used, requests, flagged_rows FROM clients "
+    "WHERE id = :cid FOR UPDATE"
+)
+# Read after the locks, by a statement of its own: under READ COMMITTED a locking statement
+# that waited re-reads the locked row but not the rows it joined (they would be stale).
+_HEADS = text(
+    "SELECT client_id, model, version, checkpoint_version, journal_rows, policy_blocked, "
+    "blocked_reason FROM client_model_state WHERE client_id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_CHECKPOINT = text("SELECT state FROM client_model_state WHERE client_id = :cid AND model = :m")
+_JOURNAL = text(
+    "SELECT version, rows, x, y, y_dtype FROM state_journal WHERE client_id = :cid "
+    "AND model = :m AND version > :after AND version <= :upto ORDER BY version"
+)
+_JOURNAL_INSERT = text(
+    "INSERT INTO state_journal (client_id, model, version, rows, x, y, y_dtype) "
+    "VALUES (:client_id, :model, :version, :rows, :x, :y, :y_dtype)"
+)
+_JOURNAL_TRIM = text(
+    "DELETE FROM state_journal WHERE client_id = :cid AND model = :m AND version <= :ckpt"
+)
+_HEAD_INSERT = text(
+    "INSERT INTO client_model_state (client_id, model, state, version, checkpoint_version, "
+    "journal_rows, policy_blocked, blocked_reason, updated_at) "
+    "VALUES (:cid, :m, :blob, :ver, :ckpt, :jrows, :blk, :rsn, :now)"
+).bindparams(_NOW)
+_HEAD_SET = (
+    "UPDATE client_model_state SET version = :ver, checkpoint_version = :ckpt, "
+    "journal_rows = :jrows, policy_blocked = :blk, blocked_reason = :rsn, updated_at = :now"
+)
+_HEAD_WHERE = " WHERE client_id = :cid AND model = :m"
+_HEAD_UPDATE = text(_HEAD_SET + _HEAD_WHERE).bindparams(_NOW)
+_HEAD_CHECKPOINT = text(_HEAD_SET + ", state = :blob" + _HEAD_WHERE).bindparams(_NOW)
+_CLIENT_UPDATE = text(
+    "UPDATE clients SET rows_used = :used, requests = :reqs, flagged_rows = :flagged, "
+    "last_seen = :now WHERE id = :cid"
+).bindparams(_NOW)
+_DELIVERED = text("UPDATE query_log SET delivered = :yes WHERE id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+
+Executor = Connection | Session
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    """What one read tells about an API key: its status and, when live, its client's standing."""
+
+    status: AuthStatus
+    client_id: int = 0
+    name: str = ""
+    blocked: bool = False
+    quota_rows: int | None = None
+    rows_used: int = 0
+    key_id: str = ""
+
+
+def key_owner(s: Executor, key_text: str) -> KeyOwner:
+    """Check an API key and read its client's standing in one statement (read-only).
+
+    Like :func:`stealproof.serve.db.repo.authenticate`: an unknown key id is verified against a
+    dummy hash, and a wrong secret is ``unknown``, so timing does not tell which ids exist.
+    """
+    parsed = parse_key(key_text)
+    if parsed is None:
+        return KeyOwner("malformed")
+    key_id, full = parsed
+    row = s.execute(_KEY_OWNER, {"key_id": key_id}).one_or_none()
+    if row is None:
+        verify_key(full, DUMMY_HASH)
+        return KeyOwner("unknown")
+    key_hash, revoked, cid, name, admin_blocked, pol_blocked, quota, used = row
+    if not verify_key(full, key_hash):
+        return KeyOwner("unknown")
+    if revoked:
+        return KeyOwner("revoked")
+    return KeyOwner(
+        "ok",
+        int(cid),
+        str(name),
+        bool(admin_blocked) or bool(pol_blocked),
+        None if quota is None else int(quota),
+        int(used),
+        key_id,
+    )
+
+
+def revoked_keys(s: Executor, key_ids: Iterable[str]) -> set[str]:
+    """Which of ``key_ids`` are revoked now."""
+    ids = sorted({k for k in key_ids if k})
+    if not ids:
+        return set()
+    return {str(k) for k in s.execute(_REVOKED, {"ids": ids}).scalars()}
+
+
+@dataclass
+class Ledger:
+    """A locked client's counters and standing, updated in memory as its requests are decided."""
+
+    id: int
+    admin_blocked: bool
+    quota_rows: int | None
+    rows_used: int
+    requests: int
+    flagged_rows: int
+    #: model keys whose policy blocked the client (read with the lock, updated as decided)
+    policy_blocked: set[str] = field(default_factory=set)
+    changed: bool = False
+
+
+@dataclass
+class Head:
+    """A client's state row for one model: versions (see ``ClientModelState``) and block."""
+
+    version: int = 0
+    checkpoint_version: int = 0
+    journal_rows: int = 0
+    policy_blocked: bool = False
+    reason: str | None = None
+    exists: bool = False
+    #: what the batch changes: None, or "update" / "insert" (and "checkpoint" with a blob)
+    checkpoint: bytes | None = None
+    changed: bool = False
+
+
+def lock_clients(
+    s: Executor, ids: Iterable[int], *, postgres: bool
+) -> tuple[dict[int, Ledger], dict[tuple[int, str], Head]]:
+    """Lock the clients' rows and read them with their state heads, by ``(client_id, model)``.
+
+    PostgreSQL: ``SELECT ... FOR UPDATE`` per client in ascending id order (two batches never
+    deadlock). SQLite: the transaction holds the database's write lock already (``BEGIN
+    IMMEDIATE``), so one plain select for all.
+    """
+    order = sorted(set(ids))
+    clients: list[Any] = []
+    states: list[Any] = []
+    if postgres:
+        for cid in order:
+            clients += s.execute(_LOCK_POSTGRES, {"cid": cid}).all()
+        states = list(s.execute(_HEADS, {"ids": order}))
+    else:
+        for row in s.execute(_LOCK_SQLITE, {"ids": order}):
+            clients.append(row[:6])
+            if row[6] is not None:
+                states.append((row[0], *row[6:]))
+    ledgers: dict[int, Ledger] = {}
+    for cid, admin, quota, used, reqs, flagged in clients:
+        if cid not in ledgers:  # a client with several state rows comes once per row
+            ledgers[int(cid)] = Ledger(
+                int(cid),
+                bool(admin),
+                None if quota is None else int(quota),
+                int(used),
+                int(reqs),
+                int(flagged),
+            )
+    heads: dict[tuple[int, str], Head] = {}
+    for cid, model, ver, ckpt, jrows, blocked, rsn in states:
+        heads[(int(cid), str(model))] = Head(
+            int(ver), int(ckpt), int(jrows), bool(blocked), rsn, exists=True
+        )
+        if blocked:
+            ledgers[int(cid)].policy_blocked.add(str(model))
+    missing = [c for c in order if c not in ledgers]
+    if missing:
+        raise ClientNotFoundError(f"client id {missing[0]} does not exist")
+    return ledgers, heads
+
+
+def checkpoint_of(s: Executor, client_id: int, model: str) -> bytes:
+    """The state blob of the client's checkpoint for ``model`` (empty: no state)."""
+    blob = s.execute(_CHECKPOINT, {"cid": client_id, "m": model}).scalar_one_or_none()
+    return bytes(blob) if blob else b""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One journal row (see ``StateJournal``)."""
+
+    version: int
+    rows: int
+    x: bytes
+    y: bytes
+    y_dtype: str
+
+
+def journal(s: Executor, client_id: int, model: str, after: int, upto: int) -> list[JournalEntry]:
+    """The client's journal rows ``after < version <= upto`` for ``model``, in version order."""
+    found = s.execute(_JOURNAL, {"cid": client_id, "m": model, "after": after, "upto": upto})
+    return [JournalEntry(int(v), int(n), bytes(x), bytes(y), str(d)) for v, n, x, y, d in found]
+
+
+@dataclass
+class LogRow:
+    """A decided request's query-log row (``client_id``, ``model`` ... as in ``QueryLog``)."""
+
+    client_id: int
+    model: str
+    model_version: str
+    rows: int
+    input_sha256: list[str]
+    actions: list[str]
+    l1: list[float]
+    scores: dict[str, list[float]]
+
+
+def write_batch(
+    s: Executor,
+    ledgers: dict[int, Ledger],
+    heads: dict[tuple[int, str], Head],
+    journal_rows: Sequence[dict[str, Any]],
+    logs: Sequence[LogRow],
+) -> list[int]:
+    """Write what a batch decided — journal rows, state heads (and checkpoints), counters and
+    log rows — in one statement per kind; returns the log ids in the order of ``logs``."""
+    now = utcnow()
+    if journal_rows:
+        s.execute(_JOURNAL_INSERT, list(journal_rows))
+    _write_heads(s, heads, now)
+    changed = [
+        {
+            "cid": g.id,
+            "used": g.rows_used,
+            "reqs": g.requests,
+            "flagged": g.flagged_rows,
+            "now": now,
+        }
+        for g in ledgers.values()
+        if g.changed
+    ]
+    if changed:
+        s.execute(_CLIENT_UPDATE, changed)
+    if not logs:
+        return []
+    params = [
+        {
+            "client_id": r.client_id,
+            "created_at": now,
+            "model": r.model,
+            "model_version": r.model_version,
+            "rows": r.rows,
+            "input_sha256": r.input_sha256,
+            "actions": r.actions,
+            "l1": [_json_float(v) for v in r.l1],
+            "scores": {k: [_json_float(v) for v in vs] for k, vs in r.scores.items()},
+            "delivered": False,
+        }
+        for r in logs
+    ]
+    if len(params) == 1:
+        return [int(s.execute(_LOG_ONE, params[0]).scalar_one())]
+    found = s.execute(insert(_LOG).returning(_LOG.c.id, sort_by_parameter_order=True), params)
+    return [int(i) for i in found.scalars()]
+
+
+_LOG_ONE = insert(_LOG).returning(_LOG.c.id)
+
+
+def _write_heads(s: Executor, heads: dict[tuple[int, str], Head], now: datetime) -> None:
+    new: list[dict[str, Any]] = []
+    plain: list[dict[str, Any]] = []
+    ckpt: list[dict[str, Any]] = []
+    for (cid, model), h in heads.items():
+        if not h.changed:
+            continue
+        row = {
+            "cid": cid,
+            "m": model,
+            "ver": h.version,
+            "ckpt": h.checkpoint_version,
+            "jrows": h.journal_rows,
+            "blk": h.policy_blocked,
+            "rsn": h.reason,
+            "now": now,
+        }
+        if not h.exists:
+            new.append({**row, "blob": h.checkpoint or b""})
+        elif h.checkpoint is not None:
+            ckpt.append({**row, "blob": h.checkpoint})
+        else:
+            plain.append(row)
+    if new:
+        s.execute(_HEAD_INSERT, new)
+    if plain:
+        s.execute(_HEAD_UPDATE, plain)
+    if ckpt:
+        s.execute(_HEAD_CHECKPOINT, ckpt)
+        # the journal up to a checkpoint is in the checkpoint
+        s.execute(_JOURNAL_TRIM, [{"cid": r["cid"], "m": r["m"], "ckpt": r["ckpt"]} for r in ckpt])
+
+
+def mark_delivered(s: Executor, log_ids: Sequence[int]) -> None:
+    """Mark answers as handed to their clients' connections (one statement)."""
+    if log_ids:
+        s.execute(_DELIVERED, {"yes": True, "ids": sorted(set(log_ids))})
