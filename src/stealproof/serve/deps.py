@@ -12,8 +12,8 @@ from stealproof.serve.errors import Unauthorized, Unavailable
 from stealproof.serve.gateway import ClientRef, Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
-    """The app's gateway (built by the lifespan)."""
+async def get_gateway(request: Request) -> Gateway:
+    """The app's gateway (built by the lifespan; async: no worker thread for a lookup)."""
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 #: ``max_distances`` distances per class — and so is the cost of each of its queries.
 PRADA_SERVING_DEFAULTS: dict[str, Any] = {"max_growing": 2048, "max_distances": 5000}
 
+#: Seconds a delivered mark may wait to be written with a later decision (or when idle).
+DELIVERED_DELAY = 0.1
+
 #: Cached authentications per worker at most (the cache is emptied when full).
 AUTH_CACHE_SIZE = 10_000
 
@@ -269,6 +272,7 @@ class Gateway:
     _decide_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _delivered: deque[int] = field(init=False, default_factory=deque)
     _auth_cache: dict[str, tuple[float, ClientRef]] = field(init=False, default_factory=dict)
+    _marks_written: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.states = ClientStates(self.settings.state.cache_clients)
@@ -430,17 +434,21 @@ class Gateway:
         answers: list[tuple[int, Tensor, int, bool]] = []  # (item, tensor, rows, blocked now)
         reports: list[tuple[int, float, Any]] = []
         touched: dict[tuple[str, int], ServedModel] = {}
-        marks = self._take_delivered()
+        # delivered marks ride along when enough are pending or they have waited a while
+        due = time.monotonic() - self._marks_written >= DELIVERED_DELAY
+        marks = self._take_delivered() if due or len(self._delivered) >= 32 else []
         t_policy_all = 0.0
         t1 = time.perf_counter()
         try:
             with self._bind(write=True).begin() as s:
                 ledger.mark_delivered(s, marks)
-                ledgers, heads = ledger.lock_clients(
-                    s, (it.client.id for it in items), postgres=self.is_postgres
+                # with each client: whether its key was revoked since it was checked (cached)
+                ledgers, heads, revoked = ledger.lock_clients(
+                    s,
+                    (it.client.id for it in items),
+                    (it.client.key_id for it in items),
+                    postgres=self.is_postgres,
                 )
-                # the key may have been revoked since it was authenticated (cached)
-                revoked = ledger.revoked_keys(s, {it.client.key_id for it in items})
                 journal: list[dict[str, Any]] = []
                 logs: list[ledger.LogRow] = []
                 for i, it in enumerate(items):
@@ -563,8 +571,9 @@ class Gateway:
 
     def mark_delivered(self, log_id: int) -> None:
         """Note that a logged answer was handed to the client's connection; the mark is written
-        with the next decision (or by :meth:`flush_delivered`). A worker that dies first leaves
-        the row marked undelivered — never the other way round."""
+        with a later decision within about ``DELIVERED_DELAY`` seconds (or by
+        :meth:`flush_delivered`). A worker that dies first leaves the row marked undelivered —
+        never the other way round."""
         self._delivered.append(log_id)
 
     def flush_delivered(self) -> int:
@@ -581,6 +590,7 @@ class Gateway:
         return len(marks)
 
     def _take_delivered(self) -> list[int]:
+        self._marks_written = time.monotonic()
         marks: list[int] = []
         while self._delivered:
             try:

@@ -32,21 +32,25 @@ _KEY_OWNER = text(
     "c.quota_rows, c.rows_used "
     "FROM api_keys k JOIN clients c ON c.id = k.client_id WHERE k.key_id = :key_id"
 )
-_REVOKED = text(
-    "SELECT key_id FROM api_keys WHERE key_id IN :ids AND revoked_at IS NOT NULL"
-).bindparams(bindparam("ids", expanding=True))
-_CLIENT_COLUMNS = (
+# the batch's revoked keys among the client's (a cached authentication may predate a revocation)
+_REVOKED = (
+    "(SELECT {agg} FROM api_keys k WHERE k.client_id = c.id AND k.revoked_at IS NOT NULL "
+    "AND k.key_id IN :keys)"
+)
+_LOCK_SQLITE = text(
     "SELECT c.id, c.admin_blocked, c.quota_rows, c.rows_used, c.requests, c.flagged_rows, "
-    "s.model, s.version, s.checkpoint_version, s.journal_rows, s.policy_blocked, "
+    + _REVOKED.format(agg="group_concat(k.key_id, ',')")
+    + ", s.model, s.version, s.checkpoint_version, s.journal_rows, s.policy_blocked, "
     "s.blocked_reason FROM clients c LEFT JOIN client_model_state s ON s.client_id = c.id "
-)
-_LOCK_SQLITE = text(_CLIENT_COLUMNS + "WHERE c.id IN :ids").bindparams(
-    bindparam("ids", expanding=True)
-)
+    "WHERE c.id IN :ids"
+).bindparams(bindparam("ids", expanding=True), bindparam("keys", expanding=True))
+# One statement locks every client of the batch in id order (PostgreSQL sorts before it locks),
+# so two batches never deadlock.
 _LOCK_POSTGRES = text(
-    "SELECT id, admin_blocked, quota_rows, rows_used, requests, flagged_rows FROM clients "
-    "WHERE id = :cid FOR UPDATE"
-)
+    "SELECT c.id, c.admin_blocked, c.quota_rows, c.rows_used, c.requests, c.flagged_rows, "
+    + _REVOKED.format(agg="string_agg(k.key_id, ',')")
+    + " FROM clients c WHERE c.id IN :ids ORDER BY c.id FOR UPDATE OF c"
+).bindparams(bindparam("ids", expanding=True), bindparam("keys", expanding=True))
 # Read after the locks, by a statement of its own: under READ COMMITTED a locking statement
 # that waited re-reads the locked row but not the rows it joined (they would be stale).
 _HEADS = text(
@@ -131,14 +135,6 @@ def key_owner(s: Executor, key_text: str) -> KeyOwner:
     )
 
 
-def revoked_keys(s: Executor, key_ids: Iterable[str]) -> set[str]:
-    """Which of ``key_ids`` are revoked now."""
-    ids = sorted({k for k in key_ids if k})
-    if not ids:
-        return set()
-    return {str(k) for k in s.execute(_REVOKED, {"ids": ids}).scalars()}
-
-
 @dataclass
 class Ledger:
     """A locked client's counters and standing, updated in memory as its requests are decided."""
@@ -170,28 +166,31 @@ class Head:
 
 
 def lock_clients(
-    s: Executor, ids: Iterable[int], *, postgres: bool
-) -> tuple[dict[int, Ledger], dict[tuple[int, str], Head]]:
-    """Lock the clients' rows and read them with their state heads, by ``(client_id, model)``.
+    s: Executor, ids: Iterable[int], key_ids: Iterable[str], *, postgres: bool
+) -> tuple[dict[int, Ledger], dict[tuple[int, str], Head], set[str]]:
+    """Lock the clients' rows and read them, their state heads (by ``(client_id, model)``) and
+    which of ``key_ids`` are revoked.
 
-    PostgreSQL: ``SELECT ... FOR UPDATE`` per client in ascending id order (two batches never
-    deadlock). SQLite: the transaction holds the database's write lock already (``BEGIN
-    IMMEDIATE``), so one plain select for all.
+    PostgreSQL: ``SELECT ... ORDER BY id FOR UPDATE``, then the heads. SQLite: the transaction
+    holds the database's write lock already (``BEGIN IMMEDIATE``), so one plain select.
     """
     order = sorted(set(ids))
+    keys = sorted({k for k in key_ids if k}) or [""]
     clients: list[Any] = []
     states: list[Any] = []
     if postgres:
-        for cid in order:
-            clients += s.execute(_LOCK_POSTGRES, {"cid": cid}).all()
+        clients = list(s.execute(_LOCK_POSTGRES, {"ids": order, "keys": keys}))
         states = list(s.execute(_HEADS, {"ids": order}))
     else:
-        for row in s.execute(_LOCK_SQLITE, {"ids": order}):
-            clients.append(row[:6])
-            if row[6] is not None:
-                states.append((row[0], *row[6:]))
+        for row in s.execute(_LOCK_SQLITE, {"ids": order, "keys": keys}):
+            clients.append(row[:7])
+            if row[7] is not None:
+                states.append((row[0], *row[7:]))
     ledgers: dict[int, Ledger] = {}
-    for cid, admin, quota, used, reqs, flagged in clients:
+    revoked: set[str] = set()
+    for cid, admin, quota, used, reqs, flagged, gone in clients:
+        if gone:
+            revoked.update(str(gone).split(","))
         if cid not in ledgers:  # a client with several state rows comes once per row
             ledgers[int(cid)] = Ledger(
                 int(cid),
@@ -211,7 +210,7 @@ def lock_clients(
     missing = [c for c in order if c not in ledgers]
     if missing:
         raise ClientNotFoundError(f"client id {missing[0]} does not exist")
-    return ledgers, heads
+    return ledgers, heads, revoked
 
 
 def checkpoint_of(s: Executor, client_id: int, model: str) -> bytes:
