@@ -821,9 +821,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             with_history="history" in cases and bool(args.history),
         )
     if "full_sqlite_nobatch" in cases:
-        bench.gateway_case(
-            "full_sqlite_nobatch", f"{sqlite}/nobatch.db", [top], batching_rows=1
-        )
+        bench.gateway_case("full_sqlite_nobatch", f"{sqlite}/nobatch.db", [top], batching_rows=1)
     if "full_postgres_2w" in cases:
         reason = postgres_reason(args.pg_url)
         if reason is not None:
