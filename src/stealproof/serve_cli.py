@@ -184,7 +184,7 @@ def _set_block(config: Path, name: str, blocked: bool, reason: str) -> None:
     from stealproof.serve.db import repo
 
     gateway = _gateway_for_admin(_settings(config), with_models=not blocked)
-    with gateway.sessions.begin() as s:
+    with gateway.exclusive(), gateway.sessions.begin() as s:
         found = repo.get_client(s, name)
         if found is None:
             raise ConfigError(f"unknown client {name!r}")

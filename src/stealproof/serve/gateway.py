@@ -644,9 +644,16 @@ class Gateway:
             "policy_blocked": sorted(policy_blocks),
         }
 
+    def exclusive(self) -> threading.Lock:
+        """Held while this worker's policy objects are in use (by :meth:`decide_batch`). Take
+        it *before* opening a transaction that locks clients, as :meth:`decide_batch` does: the
+        same order everywhere, so no two holders wait for each other."""
+        return self._decide_lock
+
     def unblock_policy(self, s: Session, c: Client) -> int:
         """Lift every policy block of ``c`` (the counters restart; history is kept). Call it
-        under the client's lock (:func:`repo.lock_client`)."""
+        under :meth:`exclusive` and the client's lock (:func:`repo.lock_client`), in that
+        order: it rebuilds the state in the worker's policy objects."""
         lifted = 0
         for served in self.models:
             row = repo.load_state(s, c.id, served.key)

@@ -128,7 +128,7 @@ def block(name: str, gateway: GatewayDep, body: BlockRequest | None = None) -> d
 )
 def unblock(name: str, gateway: GatewayDep) -> dict[str, Any]:
     """Lift an administrator's block and every policy block of the client."""
-    with gateway.sessions.begin() as s:
+    with gateway.exclusive(), gateway.sessions.begin() as s:
         c = repo.lock_client(s, _client(s, name).id)
         repo.set_admin_block(s, c, False, None)
         gateway.unblock_policy(s, c)
