@@ -102,6 +102,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--pg-url", default=PG_URL, help="PostgreSQL for full_postgres_2w")
     ap.add_argument("--case-timeout", type=float, default=300.0, help="seconds per load run")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="blocks each measurement is cut into; the cases' blocks alternate (10)",
+    )
     ap.add_argument("--serve-bare", default=None, help=argparse.SUPPRESS)  # the bare server
     args = ap.parse_args(argv)
     if args.requests is None:
@@ -123,8 +129,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error("--concurrency: at least one value, each >= 1")
     if args.history and min(args.history) < 1:
         ap.error("--history: each value >= 1")
-    if args.requests < 4 or args.warmup < 0 or args.threads < 1:
-        ap.error("--requests >= 4, --warmup >= 0, --threads >= 1")
+    if args.requests < 4 or args.warmup < 0 or args.threads < 1 or args.rounds < 1:
+        ap.error("--requests >= 4, --warmup >= 0, --threads >= 1, --rounds >= 1")
     if args.batching_wait_ms < 0:
         ap.error("--batching-wait-ms: >= 0")
     return args
@@ -308,38 +314,83 @@ async def closed_loop(
     *,
     key_by: Literal["slot", "request"] = "slot",
     timeout: float = 300.0,
+    http: httpx.AsyncClient | None = None,
 ) -> LoadResult:
     """Send ``bodies`` in order from ``concurrency`` slots, each waiting for its answer.
 
     ``key_by="slot"``: slot j always uses ``keys[j % len(keys)]``; ``"request"``: request i
     uses ``keys[i % len(keys)]``. No keys: no Authorization header. Bounded by ``timeout``.
+    ``http``: an open client for ``url`` to reuse (its connections stay warm between loops).
     """
+    if http is None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as own:
+            return await closed_loop(
+                url, path, bodies, keys, concurrency, key_by=key_by, timeout=timeout, http=own
+            )
     n = len(bodies)
     latencies = [0.0] * n
     statuses = [0] * n
     pending = iter(range(n))  # shared by the slots (one event loop: no race)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as http:
+    async def slot(j: int) -> None:
+        for i in pending:
+            body, headers = bodies[i]
+            if keys:
+                key = keys[(j if key_by == "slot" else i) % len(keys)]
+                headers = {**headers, "Authorization": f"Bearer {key}"}
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(path, content=body, headers=headers)
+                statuses[i] = r.status_code
+            except httpx.TransportError:
+                statuses[i] = -1
+            latencies[i] = time.perf_counter() - t0
 
-        async def slot(j: int) -> None:
-            for i in pending:
-                body, headers = bodies[i]
-                if keys:
-                    key = keys[(j if key_by == "slot" else i) % len(keys)]
-                    headers = {**headers, "Authorization": f"Bearer {key}"}
-                t0 = time.perf_counter()
-                try:
-                    r = await http.post(path, content=body, headers=headers)
-                    statuses[i] = r.status_code
-                except httpx.TransportError:
-                    statuses[i] = -1
-                latencies[i] = time.perf_counter() - t0
-
-        start = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(slot(j) for j in range(concurrency))), timeout)
-        wall = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(slot(j) for j in range(concurrency))), timeout)
+    wall = time.perf_counter() - start
     return LoadResult(latencies, statuses, wall)
+
+
+async def interleaved(
+    runs: Sequence[tuple[str, Sequence[str], Sequence[tuple[bytes, dict[str, str]]]]],
+    path: str,
+    concurrency: int,
+    rounds: int,
+    *,
+    timeout: float = 300.0,
+) -> list[LoadResult]:
+    """Closed loops against several servers, taking turns: each ``(url, keys, bodies)`` is cut
+    into ``rounds`` blocks and the servers' blocks alternate (the order rotating every round),
+    so that what else the machine does in the meantime hits every server alike. One result per
+    run: its latencies and statuses in order, and the summed wall time of its blocks."""
+    out = [LoadResult([], [], 0.0) for _ in runs]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0)
+            )
+            for url, _, _ in runs
+        ]
+        deadline = time.monotonic() + timeout
+        for r in range(rounds):
+            for k in range(len(runs)):
+                i = (k + r) % len(runs)
+                url, keys, bodies = runs[i]
+                n = len(bodies)
+                block = bodies[r * n // rounds : (r + 1) * n // rounds]
+                if not block:
+                    continue
+                left = max(1.0, deadline - time.monotonic())
+                res = await closed_loop(
+                    url, path, block, keys, concurrency, timeout=left, http=clients[i]
+                )
+                out[i].latencies += res.latencies
+                out[i].statuses += res.statuses
+                out[i].wall += res.wall
+    return out
 
 
 def check_answer(url: str, path: str, body: tuple[bytes, dict[str, str]], key: str | None) -> int:
@@ -679,31 +730,34 @@ class Bench:
             for i in range(0, n * rows_per_request, rows_per_request)
         ]
 
-    def load(
-        self,
-        server: Server,
-        case: str,
-        keys: Sequence[str],
-        concurrency: int,
-        **extra: Any,
-    ) -> dict[str, Any]:
-        """Warm up, then one measured closed loop → its row (appended)."""
+    def measure(self, started: Sequence[Started]) -> None:
+        """At each concurrency, warm every started server up, then measure them in alternating
+        blocks (:func:`interleaved`) → one row per case and concurrency (appended)."""
         a = self.args
-        load1 = round(os.getloadavg()[0], 2)
-        check_answer(server.url, self.path, self.bodies(1)[0], keys[0] if keys else None)
-        if a.warmup:
-            warm = self.bodies(max(a.warmup, 2 * concurrency))
-            asyncio.run(
-                closed_loop(server.url, self.path, warm, keys, concurrency, timeout=a.case_timeout)
+        for c in a.concurrency:
+            runs = [t for t in started if c in t.concurrencies]
+            if not runs:
+                continue
+            load1 = round(os.getloadavg()[0], 2)
+            for t in runs:
+                keys = t.keys.get(c, [])
+                check_answer(t.server.url, self.path, self.bodies(1)[0], keys[0] if keys else None)
+                if a.warmup:
+                    warm = self.bodies(max(a.warmup, 2 * c))
+                    asyncio.run(
+                        closed_loop(t.server.url, self.path, warm, keys, c, timeout=a.case_timeout)
+                    )
+            n = requests_at(a.requests, c)
+            plan = [(t.server.url, t.keys.get(c, []), self.bodies(n)) for t in runs]
+            results = asyncio.run(
+                interleaved(plan, self.path, c, a.rounds, timeout=a.case_timeout * len(runs))
             )
-        measured = self.bodies(requests_at(a.requests, concurrency))
-        result = asyncio.run(
-            closed_loop(server.url, self.path, measured, keys, concurrency, timeout=a.case_timeout)
-        )
-        row = summarize(case, concurrency, result, clients=len(keys), load1=load1, **extra)
-        self.rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        return row
+            for t, result in zip(runs, results, strict=True):
+                row = summarize(
+                    t.case, c, result, clients=len(t.keys.get(c, [])), load1=load1, **t.extra
+                )
+                self.rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
 
     def history(self, server: Server, keys: Sequence[str]) -> None:
         """Give client i ``history[i]`` rows, then alternate their single-image requests."""
@@ -746,8 +800,9 @@ class Bench:
             self.rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
 
-    def gateway_case(
+    def start_gateway(
         self,
+        stack: contextlib.ExitStack,
         case: str,
         db_url: str,
         concurrencies: Sequence[int],
@@ -756,13 +811,13 @@ class Bench:
         params: dict[str, Any] | None = None,
         models_dir: Path | None = None,
         workers: int = 1,
-        batching_wait_ms: float | None = None,
         batching_rows: int | None = None,
-        with_history: bool = False,
-    ) -> None:
-        """Start ``stealproof serve`` for one case and run its load (and history) rows."""
+        history: bool = False,
+    ) -> Started:
+        """Start ``stealproof serve`` for one case (stopped when ``stack`` closes), with one
+        client per in-flight slot at each concurrency (and the history clients)."""
         a = self.args
-        wait = a.batching_wait_ms if batching_wait_ms is None else batching_wait_ms
+        wait = a.batching_wait_ms
         directory = self.workdir / "cases" / case
         config = write_gateway_config(
             directory,
@@ -775,28 +830,41 @@ class Bench:
             batching_rows=batching_rows,
         )
         names = [f"{case}-c{c}-{j}" for c in concurrencies for j in range(c)]
-        hist_names = [f"history-{n}" for n in a.history] if with_history else []
-        keys = create_clients(db_url, names + hist_names)
-        by_name = dict(zip(names + hist_names, keys, strict=True))
+        hist_names = [f"history-{n}" for n in a.history] if history else []
+        by_name = dict(
+            zip(names + hist_names, create_clients(db_url, names + hist_names), strict=True)
+        )
         cmd = [stealproof_exe(), "serve", "--config", str(config), "--host", "127.0.0.1"]
         cmd += ["--port", "0", "--workers", str(workers), "--threads", str(a.threads)]
         extra: dict[str, Any] = {"workers": workers, "batching_max_wait_ms": wait}
         if batching_rows is not None:
             extra["batching_max_rows"] = batching_rows
         extra["defense"] = defense
-        with running(cmd) as server:
-            for c in concurrencies:
-                mine = [by_name[f"{case}-c{c}-{j}"] for j in range(c)]
-                self.load(server, case, mine, c, **extra)
-            if with_history:
-                self.history(server, [by_name[n] for n in hist_names])
+        server = stack.enter_context(running(cmd))
+        keys = {c: [by_name[f"{case}-c{c}-{j}"] for j in range(c)] for c in concurrencies}
+        return Started(
+            case, server, keys, extra, list(concurrencies), [by_name[n] for n in hist_names]
+        )
+
+
+@dataclass
+class Started:
+    """A case's running server: its clients' keys per concurrency (none for ``bare``), the
+    fields its rows carry, the concurrencies it is measured at and its history clients."""
+
+    case: str
+    server: Server
+    keys: dict[int, list[str]]
+    extra: dict[str, Any]
+    concurrencies: list[int]
+    history_keys: list[str] = field(default_factory=list)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Every selected case → the result document."""
     from stealproof.data import load_dataset
 
-    started = time.time()
+    begun = time.time()
     load_start = [round(v, 2) for v in os.getloadavg()]
     victim, dataset = prepare_victim(workdir, args.quick)
     ds = load_dataset(dataset)
@@ -807,40 +875,62 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cases, conc = args.cases, args.concurrency
     top = max(conc)
     sqlite = f"sqlite:///{(workdir / 'cases').resolve()}"
-    if "bare" in cases:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(victim)]
-        with running([*cmd, "--threads", str(args.threads)]) as server:
-            for c in conc:
-                bench.load(server, "bare", [], c, workers=1)
-    if "full_sqlite" in cases or "history" in cases:
-        load_conc = conc if "full_sqlite" in cases else []
-        bench.gateway_case(
-            "full_sqlite",
-            f"{sqlite}/full_sqlite.db",
-            load_conc,
-            with_history="history" in cases and bool(args.history),
-        )
-    if "full_sqlite_nobatch" in cases:
-        bench.gateway_case("full_sqlite_nobatch", f"{sqlite}/nobatch.db", [top], batching_rows=1)
-    if "full_postgres_2w" in cases:
-        reason = postgres_reason(args.pg_url)
-        if reason is not None:
-            bench.rows.append({"case": "full_postgres_2w", "skipped": reason})
-        else:
-            with postgres_schema(args.pg_url) as pg:
-                bench.gateway_case("full_postgres_2w", pg, conc, workers=2)
-    if "mad_sqlite" in cases:
-        mad = prepare_mad(workdir, victim, args.threads)
-        bench.gateway_case(
-            "mad_sqlite", f"{sqlite}/mad.db", conc, defense="mad", params={}, models_dir=mad
-        )
+    with contextlib.ExitStack() as stack:
+        started: list[Started] = []
+        if "bare" in cases:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(victim)]
+            server = stack.enter_context(running([*cmd, "--threads", str(args.threads)]))
+            started.append(Started("bare", server, {}, {"workers": 1}, list(conc)))
+        full: Started | None = None
+        if "full_sqlite" in cases or "history" in cases:
+            full = bench.start_gateway(
+                stack,
+                "full_sqlite",
+                f"{sqlite}/full_sqlite.db",
+                conc if "full_sqlite" in cases else [],
+                history="history" in cases and bool(args.history),
+            )
+            started.append(full)
+        if "full_sqlite_nobatch" in cases:
+            started.append(
+                bench.start_gateway(
+                    stack, "full_sqlite_nobatch", f"{sqlite}/nobatch.db", [top], batching_rows=1
+                )
+            )
+        if "full_postgres_2w" in cases:
+            reason = postgres_reason(args.pg_url)
+            if reason is not None:
+                bench.rows.append({"case": "full_postgres_2w", "skipped": reason})
+            else:
+                pg = stack.enter_context(postgres_schema(args.pg_url))
+                started.append(bench.start_gateway(stack, "full_postgres_2w", pg, conc, workers=2))
+        if "mad_sqlite" in cases:
+            mad = prepare_mad(workdir, victim, args.threads)
+            started.append(
+                bench.start_gateway(
+                    stack,
+                    "mad_sqlite",
+                    f"{sqlite}/mad.db",
+                    conc,
+                    defense="mad",
+                    params={},
+                    models_dir=mad,
+                )
+            )
+        bench.measure(started)
+        if full is not None and full.history_keys:
+            bench.history(full.server, full.history_keys)
+    # measured side by side, reported case by case
+    bench.rows.sort(key=lambda r: (CASES.index(r["case"]), r.get("concurrency") or 0))
     return {
         "benchmark": "gateway_load",
         "victim": {"checkpoint": victim.name, "dataset": dataset},
         "config": {
             "encoding": args.encoding,
             "request": "single image, FP32 [1, C, H, W]",
-            "loop": "closed; one client per in-flight slot (history: alternating clients)",
+            "loop": "closed; one client per in-flight slot; the cases' servers run side by "
+            f"side and are measured in {args.rounds} alternating blocks (history: alternating "
+            "clients)",
             "requests_top": args.requests,
             "requests_c1": requests_at(args.requests, 1),
             "warmup": args.warmup,
@@ -859,7 +949,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "loadavg_end": [round(v, 2) for v in os.getloadavg()],
             "note": "client, servers (and PostgreSQL) share these CPUs",
         },
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - begun, 1),
         "rows": bench.rows,
         "targets": targets(bench.rows, top),
     }
