@@ -3,6 +3,9 @@
 A closed loop (each of ``concurrency`` slots sends its next request when its last one answered)
 sends a fixed number of single-image FP32 requests with httpx's async client, after a short
 warm-up, to servers started as subprocesses on free ports and stopped with SIGTERM afterwards.
+All cases' servers run side by side; at each concurrency their measurements are cut into
+``--rounds`` blocks that alternate between the servers, so that load drift on a shared machine
+hits every case alike (ratios between cases are what the targets compare).
 Requests use Triton's binary tensor extension by default (``--encoding json``: JSON tensors).
 The victim is the mnist5k LeNet (``--quick``: the digits MLP), trained once and cached in
 ``--workdir``. Cases (one client per in-flight slot, so different clients run concurrently):
