@@ -18,6 +18,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 import serve_db_fixtures as dbfx
@@ -97,6 +98,52 @@ def test_sqlite_engine_pragmas(tmp_path: Path) -> None:
         assert not is_postgres(eng)
     finally:
         eng.dispose()
+
+
+def test_postgres_synchronous_commit_setting(tmp_path: Path) -> None:
+    """``off`` turns synchronous_commit off on every connection; ``server`` leaves it alone."""
+    with temp_database("postgresql", tmp_path) as url:
+        for choice, expected in (("off", "off"), ("server", None)):
+            eng = make_engine(url, postgres_synchronous_commit=choice)
+            try:
+                with eng.connect() as conn:
+                    value = conn.execute(text("SHOW synchronous_commit")).scalar()
+                    default = conn.execute(
+                        text("SELECT boot_val FROM pg_settings WHERE name = 'synchronous_commit'")
+                    ).scalar()
+                assert value == (expected or default), choice
+            finally:
+                eng.dispose()
+        with pytest.raises(ConfigError, match="postgres_synchronous_commit"):
+            make_engine(url, postgres_synchronous_commit="sometimes")
+
+
+def test_postgres_idle_connections_are_tested_and_replaced(tmp_path: Path) -> None:
+    """A pooled connection killed while idle for longer than ``ping_after_idle`` is replaced at
+    checkout (no error reaches the caller); one back in use at once is not tested (its death
+    reaches the caller's statement)."""
+    with temp_database("postgresql", tmp_path) as url:
+        eng = make_engine(url, ping_after_idle=0.5)
+        admin = make_engine(url)
+
+        def pid_then_kill() -> int:
+            with eng.connect() as conn:
+                pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            with admin.begin() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            return pid
+
+        try:
+            pid_then_kill()
+            with pytest.raises(DBAPIError), eng.connect() as conn:  # at once: not tested
+                conn.execute(text("SELECT 1"))
+            pid = pid_then_kill()
+            time.sleep(0.7)
+            with eng.connect() as conn:  # idle, then tested, found dead and replaced
+                assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+        finally:
+            eng.dispose()
+            admin.dispose()
 
 
 def test_upgrade_creates_the_sqlite_directory(tmp_path: Path) -> None:

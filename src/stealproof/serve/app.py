@@ -40,7 +40,9 @@ def build_gateway(settings: ServeSettings, *, with_models: bool = True) -> tuple
     ``with_models=False`` skips loading them, for administration that needs only the database.
     """
     engine = make_engine(
-        settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
+        settings.resolved_database_url(),
+        sqlite_synchronous=settings.sqlite_synchronous,
+        postgres_synchronous_commit=settings.postgres_synchronous_commit,
     )
     try:
         check_migrated(engine)

@@ -441,7 +441,6 @@ class Gateway:
         t1 = time.perf_counter()
         try:
             with self._bind(write=True).begin() as s:
-                ledger.mark_delivered(s, marks)
                 # with each client: whether its key was revoked since it was checked (cached)
                 ledgers, heads, revoked = ledger.lock_clients(
                     s,
@@ -532,7 +531,9 @@ class Gateway:
                     for j in journal
                     if j["version"] > heads[(j["client_id"], j["model"])].checkpoint_version
                 ]
-                ids = ledger.write_batch(s, ledgers, heads, kept, logs)
+                ids = ledger.write_batch(
+                    s, ledgers, heads, kept, logs, delivered=marks, postgres=self.is_postgres
+                )
         except BaseException:
             # states in memory may be ahead of the database: read them again next time
             for (_, cid), served in touched.items():

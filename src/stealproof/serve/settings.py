@@ -136,6 +136,13 @@ class ServeSettings(BaseSettings):
         description="SQLite only: 'normal' survives a killed process, 'full' also a power loss "
         "(syncs every commit; slower)",
     )
+    postgres_synchronous_commit: Literal["off", "server"] = Field(
+        "off",
+        description="PostgreSQL only: 'off' — the gateway's commits do not wait for the WAL "
+        "flush: they survive a killed gateway process, the last ones (under a second) may be "
+        "lost if the database server or its machine crashes; 'server' — the server's own "
+        "synchronous_commit (PostgreSQL's default 'on' waits for the flush; slower)",
+    )
     admin_key_env: str = Field(
         "STEALPROOF_ADMIN_KEY", description="environment variable holding the admin key"
     )

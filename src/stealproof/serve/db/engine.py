@@ -10,12 +10,13 @@ in WAL mode readers never wait for the writer.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stealproof.errors import ConfigError
@@ -64,6 +65,18 @@ def normalize_url(url: str) -> str:
 
 #: ``PRAGMA synchronous`` values the gateway accepts (see :func:`make_engine`).
 SQLITE_SYNCHRONOUS: Final = ("normal", "full")
+#: PostgreSQL ``synchronous_commit`` choices (see :func:`make_engine`).
+POSTGRES_SYNCHRONOUS_COMMIT: Final = ("off", "server")
+
+
+def _synchronous_commit_off(dbapi_connection: Any, _record: Any) -> None:
+    """Commits of this connection do not wait for their WAL record to reach the disk."""
+    cur = dbapi_connection.cursor()
+    try:
+        cur.execute("SET synchronous_commit TO off")
+    finally:
+        cur.close()
+    dbapi_connection.commit()
 
 
 def _sqlite_connect_hook(synchronous: str) -> Any:
@@ -91,16 +104,35 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "normal", **kwargs: Any) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    sqlite_synchronous: str = "normal",
+    postgres_synchronous_commit: str = "server",
+    ping_after_idle: float | None = None,
+    **kwargs: Any,
+) -> Engine:
     """An engine for ``url`` (SQLite file or PostgreSQL), configured for the gateway.
 
     ``sqlite_synchronous``: SQLite's ``PRAGMA synchronous`` in WAL mode. ``normal`` (default)
     syncs the write-ahead log to disk at checkpoints, not at every commit: a committed
     transaction survives the process being killed, but the last ones before a power loss or OS
     crash may be rolled back (the database stays consistent). ``full`` syncs at every commit
-    (several times slower per request on ordinary disks). Extra ``kwargs`` go to
+    (several times slower per request on ordinary disks). ``postgres_synchronous_commit``:
+    ``off`` sets PostgreSQL's ``synchronous_commit`` to off on every connection (a commit
+    returns before its WAL record is flushed: it survives this process being killed, but the
+    last ones may be lost if the database server crashes; the database stays consistent);
+    ``server`` (default here; the gateway's settings default to ``off``) leaves the server's
+    own setting. ``ping_after_idle``: PostgreSQL
+    connections idle for longer are tested at checkout (default :data:`PING_AFTER_IDLE`; see
+    :func:`_ping_idle_connections`). Extra ``kwargs`` go to
     :func:`sqlalchemy.create_engine` (e.g. ``poolclass`` in tests).
     """
+    if postgres_synchronous_commit not in POSTGRES_SYNCHRONOUS_COMMIT:
+        raise ConfigError(
+            "postgres_synchronous_commit: expected one of "
+            f"{list(POSTGRES_SYNCHRONOUS_COMMIT)}, got {postgres_synchronous_commit!r}"
+        )
     if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
         raise ConfigError(
             f"sqlite_synchronous: expected one of {list(SQLITE_SYNCHRONOUS)}, "
@@ -117,8 +149,46 @@ def make_engine(url: str, *, sqlite_synchronous: str = "normal", **kwargs: Any) 
         event.listen(engine, "connect", _sqlite_connect_hook(sqlite_synchronous))
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(parsed, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    if postgres_synchronous_commit == "off":
+        event.listen(engine, "connect", _synchronous_commit_off)
+    if not kwargs.get("pool_pre_ping"):
+        idle = PING_AFTER_IDLE if ping_after_idle is None else ping_after_idle
+        _ping_idle_connections(engine, idle)
+    return engine
+
+
+#: seconds a pooled PostgreSQL connection may sit idle before it is tested at checkout
+PING_AFTER_IDLE: Final = 1.0
+
+
+def _ping_idle_connections(engine: Engine, idle: float) -> None:
+    """Test a pooled connection at checkout when it sat unused for more than ``idle`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` tests at *every* checkout, one round trip per request batch;
+    connections in steady use are not tested here. One found dead is replaced (the pool retries
+    the checkout with a new connection), so a database restart between requests is not seen by
+    them; one that dies while in use fails its transaction either way.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["stealproof_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        used = record.info.get("stealproof_used")
+        if used is None or time.monotonic() - used <= idle:
+            return
+        try:
+            cur = dbapi_connection.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            dbapi_connection.rollback()
+        except Exception as e:
+            raise DisconnectionError(f"idle connection failed its test: {e}") from e
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -2,17 +2,21 @@
 
 One prediction request costs one read (:func:`key_owner`: the key, its client and the client's
 standing) and its share of one write transaction that decides a whole batch of requests
-(:func:`lock_clients`, :func:`state_heads`, then :func:`write_batch`): every statement there
-covers all requests of the batch. Nothing here commits; the caller owns the transaction.
+(:func:`lock_clients`, then :func:`write_batch`): every statement there covers all requests
+of the batch. On PostgreSQL each of the two is **one round trip** (psycopg's pipeline mode: the
+statements are sent together and their results read once), and :func:`write_batch` ends it with
+the COMMIT; elsewhere nothing here commits and the caller owns the transaction.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from psycopg.types.json import Json
 from sqlalchemy import Connection, Table, bindparam, insert, text
 from sqlalchemy.orm import Session
 
@@ -44,49 +48,90 @@ _LOCK_SQLITE = text(
     "s.blocked_reason FROM clients c LEFT JOIN client_model_state s ON s.client_id = c.id "
     "WHERE c.id IN :ids"
 ).bindparams(bindparam("ids", expanding=True), bindparam("keys", expanding=True))
-# One statement locks every client of the batch in id order (PostgreSQL sorts before it locks),
-# so two batches never deadlock.
-_LOCK_POSTGRES = text(
-    "SELECT c.id, c.admin_blocked, c.quota_rows, c.rows_used, c.requests, c.flagged_rows, "
-    + _REVOKED.format(agg="string_agg(k.key_id, ',')")
-    + " FROM clients c WHERE c.id IN :ids ORDER BY c.id FOR UPDATE OF c"
-).bindparams(bindparam("ids", expanding=True), bindparam("keys", expanding=True))
-# Read after the locks, by a statement of its own: under READ COMMITTED a locking statement
-# that waited re-reads the locked row but not the rows it joined (they would be stale).
-_HEADS = text(
-    "SELECT client_id, model, version, checkpoint_version, journal_rows, policy_blocked, "
-    "blocked_reason FROM client_model_state WHERE client_id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
 _CHECKPOINT = text("SELECT state FROM client_model_state WHERE client_id = :cid AND model = :m")
 _JOURNAL = text(
     "SELECT version, rows, x, y, y_dtype FROM state_journal WHERE client_id = :cid "
     "AND model = :m AND version > :after AND version <= :upto ORDER BY version"
 )
-_JOURNAL_INSERT = text(
+_JOURNAL_INSERT_SQL = (
     "INSERT INTO state_journal (client_id, model, version, rows, x, y, y_dtype) "
     "VALUES (:client_id, :model, :version, :rows, :x, :y, :y_dtype)"
 )
-_JOURNAL_TRIM = text(
+_JOURNAL_TRIM_SQL = (
     "DELETE FROM state_journal WHERE client_id = :cid AND model = :m AND version <= :ckpt"
 )
-_HEAD_INSERT = text(
+_HEAD_INSERT_SQL = (
     "INSERT INTO client_model_state (client_id, model, state, version, checkpoint_version, "
     "journal_rows, policy_blocked, blocked_reason, updated_at) "
     "VALUES (:cid, :m, :blob, :ver, :ckpt, :jrows, :blk, :rsn, :now)"
-).bindparams(_NOW)
+)
 _HEAD_SET = (
     "UPDATE client_model_state SET version = :ver, checkpoint_version = :ckpt, "
     "journal_rows = :jrows, policy_blocked = :blk, blocked_reason = :rsn, updated_at = :now"
 )
 _HEAD_WHERE = " WHERE client_id = :cid AND model = :m"
-_HEAD_UPDATE = text(_HEAD_SET + _HEAD_WHERE).bindparams(_NOW)
-_HEAD_CHECKPOINT = text(_HEAD_SET + ", state = :blob" + _HEAD_WHERE).bindparams(_NOW)
-_CLIENT_UPDATE = text(
+_HEAD_UPDATE_SQL = _HEAD_SET + _HEAD_WHERE
+_HEAD_CHECKPOINT_SQL = _HEAD_SET + ", state = :blob" + _HEAD_WHERE
+_CLIENT_UPDATE_SQL = (
     "UPDATE clients SET rows_used = :used, requests = :reqs, flagged_rows = :flagged, "
     "last_seen = :now WHERE id = :cid"
-).bindparams(_NOW)
+)
+_LOG_COLUMNS = (
+    "client_id",
+    "created_at",
+    "model",
+    "model_version",
+    "rows",
+    "input_sha256",
+    "actions",
+    "l1",
+    "scores",
+    "delivered",
+)
+_JSON_COLUMNS = frozenset({"input_sha256", "actions", "l1", "scores"})
+
+_JOURNAL_INSERT = text(_JOURNAL_INSERT_SQL)
+_JOURNAL_TRIM = text(_JOURNAL_TRIM_SQL)
+_HEAD_INSERT = text(_HEAD_INSERT_SQL).bindparams(_NOW)
+_HEAD_UPDATE = text(_HEAD_UPDATE_SQL).bindparams(_NOW)
+_HEAD_CHECKPOINT = text(_HEAD_CHECKPOINT_SQL).bindparams(_NOW)
+_CLIENT_UPDATE = text(_CLIENT_UPDATE_SQL).bindparams(_NOW)
 _DELIVERED = text("UPDATE query_log SET delivered = :yes WHERE id IN :ids").bindparams(
     bindparam("ids", expanding=True)
+)
+
+
+def _psycopg(sql: str) -> str:
+    """A ``:name`` statement in psycopg's ``%(name)s`` parameter style."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+
+
+# psycopg's spelling of the same statements (PostgreSQL's pipelined path); arrays replace the
+# expanding IN lists, so each statement has one text and is prepared once by the server.
+# One statement locks every client of the batch in id order (PostgreSQL sorts before it locks),
+# so two batches never deadlock.
+_PG_LOCK = (
+    "SELECT c.id, c.admin_blocked, c.quota_rows, c.rows_used, c.requests, c.flagged_rows, "
+    "(SELECT string_agg(k.key_id, ',') FROM api_keys k WHERE k.client_id = c.id "
+    "AND k.revoked_at IS NOT NULL AND k.key_id = ANY(%(keys)s::text[])) "
+    "FROM clients c WHERE c.id = ANY(%(ids)s::int[]) ORDER BY c.id FOR UPDATE OF c"
+)
+# The heads are read by a statement of their own, after the locks: under READ COMMITTED a locking
+# statement that waited re-reads the locked row but not the rows it joined (they would be stale).
+_PG_HEADS = (
+    "SELECT client_id, model, version, checkpoint_version, journal_rows, policy_blocked, "
+    "blocked_reason FROM client_model_state WHERE client_id = ANY(%(ids)s::int[])"
+)
+_PG_DELIVERED = "UPDATE query_log SET delivered = true WHERE id = ANY(%(ids)s::bigint[])"
+_PG_JOURNAL_INSERT = _psycopg(_JOURNAL_INSERT_SQL)
+_PG_JOURNAL_TRIM = _psycopg(_JOURNAL_TRIM_SQL)
+_PG_HEAD_INSERT = _psycopg(_HEAD_INSERT_SQL)
+_PG_HEAD_UPDATE = _psycopg(_HEAD_UPDATE_SQL)
+_PG_HEAD_CHECKPOINT = _psycopg(_HEAD_CHECKPOINT_SQL)
+_PG_CLIENT_UPDATE = _psycopg(_CLIENT_UPDATE_SQL)
+_PG_LOG_INSERT = (
+    f"INSERT INTO query_log ({', '.join(_LOG_COLUMNS)}) "
+    f"VALUES ({', '.join(f'%({c})s' for c in _LOG_COLUMNS)}) RETURNING id"
 )
 
 Executor = Connection | Session
@@ -171,16 +216,21 @@ def lock_clients(
     """Lock the clients' rows and read them, their state heads (by ``(client_id, model)``) and
     which of ``key_ids`` are revoked.
 
-    PostgreSQL: ``SELECT ... ORDER BY id FOR UPDATE``, then the heads. SQLite: the transaction
-    holds the database's write lock already (``BEGIN IMMEDIATE``), so one plain select.
+    PostgreSQL: ``SELECT ... ORDER BY id FOR UPDATE``, then the heads, in one round trip.
+    SQLite: the transaction holds the database's write lock already (``BEGIN IMMEDIATE``), so
+    one plain select.
     """
     order = sorted(set(ids))
     keys = sorted({k for k in key_ids if k}) or [""]
     clients: list[Any] = []
     states: list[Any] = []
     if postgres:
-        clients = list(s.execute(_LOCK_POSTGRES, {"ids": order, "keys": keys}))
-        states = list(s.execute(_HEADS, {"ids": order}))
+        conn = _driver(s)
+        with conn.pipeline() as pipe:
+            locked = conn.execute(_PG_LOCK, {"ids": order, "keys": keys})
+            found = conn.execute(_PG_HEADS, {"ids": order})
+            pipe.sync()
+            clients, states = locked.fetchall(), found.fetchall()
     else:
         for row in s.execute(_LOCK_SQLITE, {"ids": order, "keys": keys}):
             clients.append(row[:7])
@@ -256,13 +306,21 @@ def write_batch(
     heads: dict[tuple[int, str], Head],
     journal_rows: Sequence[dict[str, Any]],
     logs: Sequence[LogRow],
+    *,
+    delivered: Sequence[int] = (),
+    postgres: bool = False,
 ) -> list[int]:
-    """Write what a batch decided — journal rows, state heads (and checkpoints), counters and
-    log rows — in one statement per kind; returns the log ids in the order of ``logs``."""
+    """Write what a batch decided — ``delivered`` marks of earlier answers, journal rows, state
+    heads (and checkpoints), counters and log rows — in one statement per kind; returns the log
+    ids in the order of ``logs``.
+
+    PostgreSQL: every statement and the COMMIT go in one round trip, and the transaction is
+    committed on return (the caller's commit then has nothing left to do). SQLite: the caller
+    commits.
+    """
     now = utcnow()
-    if journal_rows:
-        s.execute(_JOURNAL_INSERT, list(journal_rows))
-    _write_heads(s, heads, now)
+    journal_rows = list(journal_rows)
+    new, plain, ckpt = _head_rows(heads, now)
     changed = [
         {
             "cid": g.id,
@@ -274,10 +332,6 @@ def write_batch(
         for g in ledgers.values()
         if g.changed
     ]
-    if changed:
-        s.execute(_CLIENT_UPDATE, changed)
-    if not logs:
-        return []
     params = [
         {
             "client_id": r.client_id,
@@ -293,6 +347,23 @@ def write_batch(
         }
         for r in logs
     ]
+    # the journal up to a checkpoint is in the checkpoint
+    trims = [{"cid": r["cid"], "m": r["m"], "ckpt": r["ckpt"]} for r in ckpt]
+    if postgres:
+        return _write_postgres(s, delivered, journal_rows, new, plain, ckpt, trims, changed, params)
+    mark_delivered(s, delivered)
+    for statement, rows in (
+        (_JOURNAL_INSERT, journal_rows),
+        (_HEAD_INSERT, new),
+        (_HEAD_UPDATE, plain),
+        (_HEAD_CHECKPOINT, ckpt),
+        (_JOURNAL_TRIM, trims),
+        (_CLIENT_UPDATE, changed),
+    ):
+        if rows:
+            s.execute(statement, rows)
+    if not params:
+        return []
     if len(params) == 1:
         return [int(s.execute(_LOG_ONE, params[0]).scalar_one())]
     found = s.execute(insert(_LOG).returning(_LOG.c.id, sort_by_parameter_order=True), params)
@@ -302,7 +373,57 @@ def write_batch(
 _LOG_ONE = insert(_LOG).returning(_LOG.c.id)
 
 
-def _write_heads(s: Executor, heads: dict[tuple[int, str], Head], now: datetime) -> None:
+def _write_postgres(
+    s: Executor,
+    delivered: Sequence[int],
+    journal_rows: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    plain: list[dict[str, Any]],
+    ckpt: list[dict[str, Any]],
+    trims: list[dict[str, Any]],
+    changed: list[dict[str, Any]],
+    params: list[dict[str, Any]],
+) -> list[int]:
+    """:func:`write_batch` on PostgreSQL: the statements and the COMMIT in one pipeline."""
+    conn = _driver(s)
+    logs = [{k: Json(v) if k in _JSON_COLUMNS else v for k, v in row.items()} for row in params]
+    with conn.pipeline():
+        cur = conn.cursor()
+        if delivered:
+            cur.execute(_PG_DELIVERED, {"ids": sorted(set(delivered))})
+        for statement, rows in (
+            (_PG_JOURNAL_INSERT, journal_rows),
+            (_PG_HEAD_INSERT, new),
+            (_PG_HEAD_UPDATE, plain),
+            (_PG_HEAD_CHECKPOINT, ckpt),
+            (_PG_JOURNAL_TRIM, trims),
+            (_PG_CLIENT_UPDATE, changed),
+        ):
+            if rows:
+                cur.executemany(statement, rows)
+        ids_cur = conn.cursor()
+        if logs:
+            ids_cur.executemany(_PG_LOG_INSERT, logs, returning=True)
+        conn.commit()  # sent with the statements; its result is read with theirs
+    ids: list[int] = []
+    for _ in logs:
+        row = ids_cur.fetchone()
+        assert row is not None
+        ids.append(int(row[0]))
+        ids_cur.nextset()
+    return ids
+
+
+def _driver(s: Executor) -> Any:
+    """The psycopg connection under a SQLAlchemy connection or session."""
+    conn = s.connection() if isinstance(s, Session) else s
+    return conn.connection.driver_connection
+
+
+def _head_rows(
+    heads: dict[tuple[int, str], Head], now: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The changed heads' parameters: new rows, plain updates, updates with a checkpoint."""
     new: list[dict[str, Any]] = []
     plain: list[dict[str, Any]] = []
     ckpt: list[dict[str, Any]] = []
@@ -325,14 +446,7 @@ def _write_heads(s: Executor, heads: dict[tuple[int, str], Head], now: datetime)
             ckpt.append({**row, "blob": h.checkpoint})
         else:
             plain.append(row)
-    if new:
-        s.execute(_HEAD_INSERT, new)
-    if plain:
-        s.execute(_HEAD_UPDATE, plain)
-    if ckpt:
-        s.execute(_HEAD_CHECKPOINT, ckpt)
-        # the journal up to a checkpoint is in the checkpoint
-        s.execute(_JOURNAL_TRIM, [{"cid": r["cid"], "m": r["m"], "ckpt": r["ckpt"]} for r in ckpt])
+    return new, plain, ckpt
 
 
 def mark_delivered(s: Executor, log_ids: Sequence[int]) -> None:
