@@ -353,6 +353,74 @@ def test_log_append_recent_count(sessions: sessionmaker[Session]) -> None:
         assert repo.recent_log(s, a, limit=0) == []
 
 
+def test_write_batch_returns_each_log_rows_id_and_writes_it_all(
+    engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """The batch writer (PostgreSQL: arrays in one pipeline) gives each log row its own id, in
+    the order of the rows, and writes counters, state heads and journal rows as given."""
+    from stealproof.serve.db import ledger
+    from stealproof.serve.db.models import ClientModelState, QueryLog, StateJournal
+
+    with sessions() as s, s.begin():
+        ids = [repo.create_client(s, n).id for n in ("a", "b", "c")]
+    postgres = is_postgres(engine)
+    order = [ids[2], ids[0], ids[2], ids[1]]  # one client twice, ids out of order
+    logs = [
+        ledger.LogRow(
+            cid, "m", "1", 1, [f"{k:064x}"], ["normal"], [0.1 * k], {"prada": [k, math.nan]}
+        )
+        for k, cid in enumerate(order)
+    ]
+    with engine.begin() as conn:
+        ledgers, heads, revoked = ledger.lock_clients(conn, ids, [], postgres=postgres)
+        assert revoked == set() and heads == {}
+        journal = []
+        for k, cid in enumerate(order):
+            g = ledgers[cid]
+            g.rows_used, g.requests, g.changed = g.rows_used + 1, g.requests + 1, True
+            h = heads.setdefault((cid, "m@1"), ledger.Head())
+            h.version += 1
+            h.journal_rows += 1
+            h.changed = True
+            journal.append(
+                {"client_id": cid, "model": "m@1", "version": h.version, "rows": 1}
+                | {"x": bytes([k]) * 8, "y": b"\x00" * 4, "y_dtype": "float32"}
+            )
+        log_ids = ledger.write_batch(conn, ledgers, heads, journal, logs, postgres=postgres)
+    assert len(set(log_ids)) == 4
+    with sessions() as s:
+        for k, (cid, log_id) in enumerate(zip(order, log_ids, strict=True)):
+            row = s.get(QueryLog, log_id)
+            assert row is not None and row.client_id == cid and not row.delivered
+            assert row.input_sha256 == [f"{k:064x}"] and row.l1 == [pytest.approx(0.1 * k)]
+            assert row.scores == {"prada": [k, None]}
+        counts = {c.id: (c.rows_used, c.requests) for c in repo.list_clients(s)}
+        assert counts == {ids[0]: (1, 1), ids[1]: (1, 1), ids[2]: (2, 2)}
+        versions = {st.client_id: st.version for st in s.query(ClientModelState)}
+        assert versions == {ids[0]: 1, ids[1]: 1, ids[2]: 2}
+        journal_rows = s.query(StateJournal).order_by(StateJournal.client_id, StateJournal.version)
+        assert [(j.client_id, j.version, j.x[:1]) for j in journal_rows] == sorted(
+            [
+                (cid, v, bytes([k]))
+                for k, (cid, v) in enumerate(zip(order, [1, 1, 2, 1], strict=True))
+            ]
+        )
+    # a second batch updates what the first inserted, and marks the first batch delivered
+    with engine.begin() as conn:
+        ledgers, heads, _ = ledger.lock_clients(conn, ids[:1], [], postgres=postgres)
+        g = ledgers[ids[0]]
+        g.rows_used, g.requests, g.changed = 5, 6, True
+        h = heads[(ids[0], "m@1")]
+        h.version, h.changed = 7, True
+        ledger.write_batch(conn, ledgers, heads, [], [], delivered=log_ids, postgres=postgres)
+    with sessions() as s:
+        assert all(s.get(QueryLog, i).delivered for i in log_ids)  # type: ignore[union-attr]
+        a = s.get(ClientModelState, (ids[0], "m@1"))
+        assert a is not None and a.version == 7
+        client_a = next(c for c in repo.list_clients(s) if c.id == ids[0])
+        assert (client_a.rows_used, client_a.requests) == (5, 6)
+
+
 def test_log_refuses_inconsistent_rows(sessions: sessionmaker[Session]) -> None:
     with sessions() as s, s.begin():
         a = repo.create_client(s, "a").id

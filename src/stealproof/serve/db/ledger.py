@@ -10,13 +10,13 @@ the COMMIT; elsewhere nothing here commits and the caller owns the transaction.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from psycopg.types.json import Json
 from sqlalchemy import Connection, Table, bindparam, insert, text
 from sqlalchemy.orm import Session
 
@@ -76,18 +76,6 @@ _CLIENT_UPDATE_SQL = (
     "UPDATE clients SET rows_used = :used, requests = :reqs, flagged_rows = :flagged, "
     "last_seen = :now WHERE id = :cid"
 )
-_LOG_COLUMNS = (
-    "client_id",
-    "created_at",
-    "model",
-    "model_version",
-    "rows",
-    "input_sha256",
-    "actions",
-    "l1",
-    "scores",
-    "delivered",
-)
 _JSON_COLUMNS = frozenset({"input_sha256", "actions", "l1", "scores"})
 
 _JOURNAL_INSERT = text(_JOURNAL_INSERT_SQL)
@@ -123,15 +111,37 @@ _PG_HEADS = (
     "blocked_reason FROM client_model_state WHERE client_id = ANY(%(ids)s::int[])"
 )
 _PG_DELIVERED = "UPDATE query_log SET delivered = true WHERE id = ANY(%(ids)s::bigint[])"
-_PG_JOURNAL_INSERT = _psycopg(_JOURNAL_INSERT_SQL)
 _PG_JOURNAL_TRIM = _psycopg(_JOURNAL_TRIM_SQL)
 _PG_HEAD_INSERT = _psycopg(_HEAD_INSERT_SQL)
-_PG_HEAD_UPDATE = _psycopg(_HEAD_UPDATE_SQL)
 _PG_HEAD_CHECKPOINT = _psycopg(_HEAD_CHECKPOINT_SQL)
-_PG_CLIENT_UPDATE = _psycopg(_CLIENT_UPDATE_SQL)
+# the frequent writes are one statement for the whole batch: columns go as arrays (unnest)
+_PG_JOURNAL_INSERT = (
+    "INSERT INTO state_journal (client_id, model, version, rows, x, y, y_dtype) "
+    "SELECT * FROM unnest(%(client_id)b::int[], %(model)b::text[], %(version)b::int[], "
+    "%(rows)b::int[], %(x)b::bytea[], %(y)b::bytea[], %(y_dtype)b::text[])"
+)
+_PG_HEAD_UPDATE = (
+    "UPDATE client_model_state s SET version = v.ver, checkpoint_version = v.ckpt, "
+    "journal_rows = v.jrows, policy_blocked = v.blk, blocked_reason = v.rsn, "
+    "updated_at = %(now)s FROM unnest(%(cid)b::int[], %(m)b::text[], %(ver)b::int[], "
+    "%(ckpt)b::int[], %(jrows)b::int[], %(blk)b::bool[], %(rsn)b::text[]) "
+    "AS v(cid, m, ver, ckpt, jrows, blk, rsn) WHERE s.client_id = v.cid AND s.model = v.m"
+)
+_PG_CLIENT_UPDATE = (
+    "UPDATE clients c SET rows_used = v.used, requests = v.reqs, flagged_rows = v.flagged, "
+    "last_seen = %(now)s FROM unnest(%(cid)b::int[], %(used)b::bigint[], %(reqs)b::bigint[], "
+    "%(flagged)b::bigint[]) AS v(cid, used, reqs, flagged) WHERE c.id = v.cid"
+)
+# Ids come from the sequence as the rows are inserted, in ``ord`` order: sorted, they are the
+# rows' ids in parameter order (RETURNING itself promises no order).
 _PG_LOG_INSERT = (
-    f"INSERT INTO query_log ({', '.join(_LOG_COLUMNS)}) "
-    f"VALUES ({', '.join(f'%({c})s' for c in _LOG_COLUMNS)}) RETURNING id"
+    "INSERT INTO query_log (client_id, created_at, model, model_version, rows, input_sha256, "
+    "actions, l1, scores, delivered) SELECT v.cid, %(now)s, v.model, v.mv, v.rows, "
+    "v.sha::json, v.actions::json, v.l1::json, v.scores::json, false "
+    "FROM unnest(%(client_id)b::int[], %(model)b::text[], %(model_version)b::text[], "
+    "%(rows)b::int[], %(input_sha256)b::text[], %(actions)b::text[], %(l1)b::text[], "
+    "%(scores)b::text[]) WITH ORDINALITY AS v(cid, model, mv, rows, sha, actions, l1, scores, "
+    "ord) ORDER BY v.ord RETURNING id"
 )
 
 Executor = Connection | Session
@@ -386,32 +396,54 @@ def _write_postgres(
 ) -> list[int]:
     """:func:`write_batch` on PostgreSQL: the statements and the COMMIT in one pipeline."""
     conn = _driver(s)
-    logs = [{k: Json(v) if k in _JSON_COLUMNS else v for k, v in row.items()} for row in params]
     with conn.pipeline():
         cur = conn.cursor()
         if delivered:
             cur.execute(_PG_DELIVERED, {"ids": sorted(set(delivered))})
-        for statement, rows in (
-            (_PG_JOURNAL_INSERT, journal_rows),
-            (_PG_HEAD_INSERT, new),
-            (_PG_HEAD_UPDATE, plain),
-            (_PG_HEAD_CHECKPOINT, ckpt),
-            (_PG_JOURNAL_TRIM, trims),
-            (_PG_CLIENT_UPDATE, changed),
-        ):
-            if rows:
-                cur.executemany(statement, rows)
+        if journal_rows:
+            cur.execute(_PG_JOURNAL_INSERT, _columns(journal_rows))
+        if new:
+            cur.executemany(_PG_HEAD_INSERT, new)
+        if plain:
+            cur.execute(_PG_HEAD_UPDATE, _columns(plain, scalar=("now",)))
+        if ckpt:
+            cur.executemany(_PG_HEAD_CHECKPOINT, ckpt)
+            cur.executemany(_PG_JOURNAL_TRIM, trims)
+        if changed:
+            cur.execute(_PG_CLIENT_UPDATE, _columns(changed, scalar=("now",)))
         ids_cur = conn.cursor()
-        if logs:
-            ids_cur.executemany(_PG_LOG_INSERT, logs, returning=True)
+        if params:
+            logs = [
+                {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in row.items()}
+                for row in params
+            ]
+            ids_cur.execute(_PG_LOG_INSERT, _columns(logs, scalar=("created_at",), rename=_NOW_AS))
         conn.commit()  # sent with the statements; its result is read with theirs
-    ids: list[int] = []
-    for _ in logs:
-        row = ids_cur.fetchone()
-        assert row is not None
-        ids.append(int(row[0]))
-        ids_cur.nextset()
+    if not params:
+        return []
+    ids = sorted(int(i) for (i,) in ids_cur.fetchall())
+    if len(ids) != len(params):
+        raise RuntimeError(f"{len(params)} log rows inserted, {len(ids)} ids returned")
     return ids
+
+
+_NOW_AS = {"created_at": "now"}
+
+
+def _columns(
+    rows: Sequence[dict[str, Any]],
+    *,
+    scalar: Sequence[str] = (),
+    rename: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Rows of parameters → one list per column (for ``unnest``); ``scalar`` columns, equal in
+    every row, are passed once; ``rename`` maps a column to its parameter name."""
+    names = rename or {}
+    first = rows[0]
+    out: dict[str, Any] = {}
+    for k in first:
+        out[names.get(k, k)] = first[k] if k in scalar else [r[k] for r in rows]
+    return out
 
 
 def _driver(s: Executor) -> Any:
