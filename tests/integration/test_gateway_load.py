@@ -72,7 +72,11 @@ async def _load(
     each of the n results."""
     results: list[tuple[str, int, int]] = []
     total = asyncio.Semaphore(IN_FLIGHT)
-    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+    # idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout: reusing
+    # one just as the server closes it fails the request without a response (a client race)
+    limits = httpx.Limits(
+        max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
 
         async def one(name: str, i: int, per_client: asyncio.Semaphore) -> None:
@@ -157,7 +161,7 @@ def test_counters_and_log_match_the_answers_and_a_serial_replay(
 
     assert len(results) == REQUESTS
     statuses = {s for _, _, s in results}
-    assert statuses <= {200, 403}, statuses
+    assert statuses <= {200, 403}, (statuses, "".join(server.output[-60:]))
     ok: dict[str, int] = defaultdict(int)
     for name, _, status in results:
         ok[name] += status == 200

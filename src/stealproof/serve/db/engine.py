@@ -69,13 +69,19 @@ SQLITE_SYNCHRONOUS: Final = ("normal", "full")
 POSTGRES_SYNCHRONOUS_COMMIT: Final = ("off", "server")
 
 
-def _synchronous_commit_off(dbapi_connection: Any, _record: Any) -> None:
-    """Commits of this connection do not wait for their WAL record to reach the disk."""
+def _execute_raw(dbapi_connection: Any, *statements: str) -> None:
+    """Run statements on a driver connection (outside SQLAlchemy: connect and pool hooks)."""
     cur = dbapi_connection.cursor()
     try:
-        cur.execute("SET synchronous_commit TO off")
+        for statement in statements:
+            cur.execute(statement)
     finally:
         cur.close()
+
+
+def _synchronous_commit_off(dbapi_connection: Any, _record: Any) -> None:
+    """Commits of this connection do not wait for their WAL record to reach the disk."""
+    _execute_raw(dbapi_connection, "SET synchronous_commit TO off")
     dbapi_connection.commit()
 
 
@@ -84,14 +90,13 @@ def _sqlite_connect_hook(synchronous: str) -> Any:
         """Hand transaction control to SQLAlchemy and set the pragmas the gateway relies on."""
         # Disable the sqlite3 module's own BEGIN/COMMIT handling; _on_sqlite_begin emits BEGIN.
         dbapi_connection.isolation_level = None
-        cur = dbapi_connection.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA foreign_keys = ON")
-            cur.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-        finally:
-            cur.close()
+        _execute_raw(
+            dbapi_connection,
+            f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA foreign_keys = ON",
+            f"PRAGMA synchronous = {synchronous.upper()}",
+        )
 
     return on_connect
 
@@ -181,11 +186,7 @@ def _ping_idle_connections(engine: Engine, idle: float) -> None:
         if used is None or time.monotonic() - used <= idle:
             return
         try:
-            cur = dbapi_connection.cursor()
-            try:
-                cur.execute("SELECT 1")
-            finally:
-                cur.close()
+            _execute_raw(dbapi_connection, "SELECT 1")
             dbapi_connection.rollback()
         except Exception as e:
             raise DisconnectionError(f"idle connection failed its test: {e}") from e
