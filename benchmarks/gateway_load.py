@@ -630,7 +630,7 @@ def serve_bare(checkpoint: Path, threads: int) -> int:
     """Run :func:`bare_app` with uvicorn on a free port of 127.0.0.1 (the bare subprocess)."""
     import uvicorn
 
-    from stealproof.serve_cli import bind_socket
+    from stealproof.cli.serve import bind_socket
 
     torch.set_num_threads(threads)
     app = bare_app(checkpoint)

@@ -449,9 +449,14 @@ def test_fuzz_cli_parameters(
         assert result.stderr.strip().startswith("error:")
 
 
-def test_cli_module_keeps_its_public_helpers() -> None:
-    """The benchmark and guardian sub-apps import these from stealproof.cli."""
-    for name in ("_setup", "console", "progress_bar", "parse_params", "build_defense"):
+def test_cli_package_keeps_its_public_helpers() -> None:
+    """The command modules share these through stealproof.cli._shared; the package itself
+    still offers the app, its entry point and the helpers scripts use."""
+    from stealproof.cli import _shared
+
+    for name in ("_setup", "console", "progress_bar", "parse_params", "friendly_errors"):
+        assert hasattr(_shared, name)
+    for name in ("app", "main", "auto_threads", "dumps_strict", "parse_params"):
         assert hasattr(cli_mod, name)
 
 

@@ -486,7 +486,7 @@ def test_dfme_queries_records_an_attack_run() -> None:
 def test_cli_rejects_bad_arguments_before_training(args: list[str], match: str) -> None:
     from typer.testing import CliRunner
 
-    from stealproof.guardian_cli import app
+    from stealproof.cli.guardian import app
 
     result = CliRunner().invoke(app, ["train", "--quiet", *args])
     assert result.exit_code == 2, result.output

@@ -440,7 +440,7 @@ def _no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def _guardian_train(args: list[str]) -> Any:
     from typer.testing import CliRunner
 
-    from stealproof.guardian_cli import app
+    from stealproof.cli.guardian import app
 
     return CliRunner().invoke(app, ["train", "--quiet", *args])
 

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
+from stealproof.cli.serve import bind_socket
 from stealproof.errors import ConfigError
-from stealproof.serve_cli import bind_socket
 
 
 def test_accepted_connections_have_nagle_off() -> None:

@@ -42,15 +42,11 @@ from pydantic import (
 )
 
 from stealproof._names import unknown_name_message
-from stealproof.errors import ConfigError, InputValidationError, StealproofError
+from stealproof.bench.errors import BenchConfigError as BenchConfigError
+from stealproof.errors import StealproofError
 from stealproof.experiment import SCENARIOS, Scenario, scenario_for
 from stealproof.fingerprint import stable_hash
 from stealproof.train import TrainConfig
-
-
-class BenchConfigError(ConfigError, InputValidationError):
-    """A benchmark config is malformed; the one-line message names the offending key."""
-
 
 # --------------------------------------------------------------------------- the YAML schema
 

@@ -27,8 +27,7 @@ from rich.progress import Progress
 
 from stealproof import _progress
 from stealproof.bench.cache import ArtifactCache
-from stealproof.bench.config import Cell
-from stealproof.bench.runner import (
+from stealproof.bench.cell import (
     BenchBackendError,
     RowCallback,
     RunPlan,
@@ -37,6 +36,7 @@ from stealproof.bench.runner import (
     prepare_artifacts,
     run_cell,
 )
+from stealproof.bench.config import Cell
 from stealproof.bench.store import ResultStore
 
 #: One workspace per worker process and device: datasets, pools and loaded models are kept

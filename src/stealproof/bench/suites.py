@@ -80,7 +80,7 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {"smoke": smoke, "mnist5k": mn
 def suite_data(name: str) -> dict[str, Any]:
     """The plain config data of a built-in suite (a fresh copy each call)."""
     from stealproof._names import unknown_name_message
-    from stealproof.bench.config import BenchConfigError
+    from stealproof.bench.errors import BenchConfigError
 
     if name not in SUITES:
         raise BenchConfigError(unknown_name_message("suite", name, list(SUITES)))

@@ -33,7 +33,7 @@ from stealproof.serve.db import ledger
 from stealproof.serve.db.ledger import Executor, Head, JournalEntry
 
 if TYPE_CHECKING:
-    from stealproof.serve.gateway import ServedModel
+    from stealproof.serve.served import ServedModel
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
 

@@ -53,7 +53,8 @@ from stealproof.serve.errors import (
     QuotaExceeded,
     Unauthorized,
 )
-from stealproof.serve.protocol import OUTPUT_LABELS, OUTPUT_PROBS, InputSpec
+from stealproof.serve.protocol import InputSpec
+from stealproof.serve.served import ServedModel as ServedModel
 from stealproof.serve.settings import ModelSettings, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -72,30 +73,6 @@ AUTH_CACHE_SIZE = 10_000
 #: What a client is told when it is blocked, whatever the reason (it must not learn it was
 #: detected, nor by which detector).
 BLOCKED_MESSAGE = "this client is blocked; contact the service's operator"
-
-
-@dataclass
-class ServedModel:
-    """A loaded model: victim, its policy (detectors + defense) and how answers are released."""
-
-    name: str
-    version: str
-    victim: nn.Module
-    policy: DetectionPolicy
-    spec: InputSpec
-    num_classes: int
-    output: str = "probs"
-    top_k: int = 1
-
-    @property
-    def key(self) -> str:
-        """The key of this model's per-client state (``name@version``)."""
-        return f"{self.name}@{self.version}"
-
-    @property
-    def output_name(self) -> str:
-        """The released output tensor's name."""
-        return OUTPUT_LABELS if self.output == "label" else OUTPUT_PROBS
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,15 @@
-"""``stealproof guardian train``: build and save Model-Guardian's DFMS detector (a typer sub-app).
-
-The helpers shared with the main CLI (progress bar, consoles, logging setup) are imported when
-a command runs, not at import time, so that ``stealproof.cli`` can import this module.
-"""
+"""``stealproof guardian train``: build and save Model-Guardian's DFMS detector (a sub-app)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from stealproof._cli_errors import friendly_errors
-
-F = TypeVar("F", bound=Callable[..., Any])
+from stealproof.cli._shared import _setup, console, friendly_errors, progress_bar
 
 app = typer.Typer(
     name="guardian",
@@ -69,7 +62,6 @@ def train_cmd(
     from pydantic import ValidationError
 
     from stealproof._io import check_output_file
-    from stealproof.cli import _setup, console, progress_bar
     from stealproof.data import load_dataset
     from stealproof.defenses.base import format_validation_error
     from stealproof.detectors.guardian import (

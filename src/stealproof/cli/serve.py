@@ -1,4 +1,4 @@
-"""``stealproof serve``, ``stealproof db``, ``stealproof keys`` and ``stealproof clients``."""
+"""``stealproof serve``: run the gateway (and ``--demo``: a first try on built-in data)."""
 
 from __future__ import annotations
 
@@ -9,215 +9,22 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from stealproof._cli_errors import err_console, friendly_errors
+from stealproof.cli._shared import (
+    _sessions,
+    _settings,
+    _setup,
+    _write_secret,
+    auto_threads,
+    err_console,
+    friendly_errors,
+)
 from stealproof.errors import ConfigError
-from stealproof.serve.settings import MAX_QUOTA_ROWS
 
-if TYPE_CHECKING:
-    from stealproof.serve.settings import ServeSettings
-
-ConfigOpt = Annotated[
-    Path, typer.Option("--config", "-c", help="Gateway YAML file (see docs/gateway.md).")
-]
-
-db_app = typer.Typer(help="The gateway's database.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys of the gateway's clients.", no_args_is_help=True)
-clients_app = typer.Typer(help="The gateway's clients.", no_args_is_help=True)
-
-
-def _settings(config: Path) -> ServeSettings:
-    from stealproof.serve.settings import load_settings
-
-    return load_settings(config)
-
-
-def _sessions(settings: ServeSettings) -> Any:
-    """Write sessions on the configured database (refused when it is not migrated)."""
-    return _gateway_for_admin(settings).sessions
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write a secret readable by its owner only (mode 0600), through a rename."""
-    from stealproof._io import tmp_name
-
-    tmp = tmp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ----------------------------------------------------------------------------- db
-
-
-@db_app.command("upgrade")
-@friendly_errors
-def db_upgrade(
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Gateway YAML file.")
-    ] = None,
-    url: Annotated[
-        str | None, typer.Option("--url", help="Database URL (instead of --config).")
-    ] = None,
-) -> None:
-    """Create or migrate the database to the current schema (alembic ``upgrade head``)."""
-    from stealproof.serve.db.engine import redact_url
-    from stealproof.serve.db.migrate import upgrade
-
-    if (config is None) == (url is None):
-        raise ConfigError("db upgrade: pass --config FILE or --url URL")
-    target = url if url is not None else _settings(config).resolved_database_url()  # type: ignore[arg-type]
-    head = upgrade(target)
-    print(f"database {redact_url(target)} is at revision {head}")
-
-
-# ----------------------------------------------------------------------------- keys
-
-
-@keys_app.command("create")
-@friendly_errors
-def keys_create(
-    name: Annotated[str, typer.Argument(help="Client name (created when new).")],
-    config: ConfigOpt,
-    quota: Annotated[
-        int | None,
-        typer.Option(
-            "--quota",
-            min=0,
-            max=MAX_QUOTA_ROWS,
-            help="Row quota of a new client (default: the config's).",
-        ),
-    ] = None,
-) -> None:
-    """Issue an API key for a client (created when new); prints the key once, on stdout."""
-    from stealproof.serve.db import repo
-    from stealproof.serve.settings import safe_name
-
-    if not safe_name(name):
-        raise ConfigError(
-            f"client name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
-        )
-    settings = _settings(config)
-    with _sessions(settings).begin() as s:
-        c = repo.get_client(s, name)
-        if c is None:
-            c = repo.create_client(
-                s, name, quota_rows=quota if quota is not None else settings.quota_rows
-            )
-            err_console.print(f"created client {name!r}", highlight=False)
-        elif quota is not None:
-            raise ConfigError(f"client {name!r} exists; --quota applies to a new client only")
-        key = repo.add_key(s, c)
-    print(key)
-
-
-@keys_app.command("revoke")
-@friendly_errors
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The key's visible id (sp_<id>_...).")],
-    config: ConfigOpt,
-) -> None:
-    """Revoke an API key: requests with it get 401."""
-    from stealproof.serve.db import repo
-
-    with _sessions(_settings(config)).begin() as s:
-        if not repo.revoke_key(s, key_id):
-            raise ConfigError(f"no active key with id {key_id!r}")
-    print(f"revoked key {key_id}")
-
-
-# ----------------------------------------------------------------------------- clients
-
-
-def _gateway_for_admin(settings: ServeSettings, *, with_models: bool = False) -> Any:
-    """A gateway over the configured database; models are loaded only when asked for (to lift
-    policy blocks, the policies' state is needed)."""
-    from stealproof.serve.app import build_gateway
-
-    return build_gateway(settings, with_models=with_models)[0]
-
-
-@clients_app.command("list")
-@friendly_errors
-def clients_list(
-    config: ConfigOpt,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Clients with rows used, flagged rows, quota and standing."""
-    import json
-
-    from rich.table import Table
-
-    from stealproof.cli import console
-    from stealproof.serve.db import repo
-
-    gateway = _gateway_for_admin(_settings(config))
-    with gateway.read_session() as s:
-        rows = [gateway.client_summary(s, c) for c in repo.list_clients(s)]
-    if as_json:
-        print(json.dumps(rows))
-        return
-    table = Table(title=f"{len(rows)} clients")
-    for col in ("name", "rows_used", "requests", "flagged_rows", "quota_rows", "standing"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["name"],
-            str(r["rows_used"]),
-            str(r["requests"]),
-            str(r["flagged_rows"]),
-            "-" if r["quota_rows"] is None else str(r["quota_rows"]),
-            r["standing"] + (f" ({r['block_reason']})" if r["block_reason"] else ""),
-        )
-    console.print(table)
-
-
-def _set_block(config: Path, name: str, blocked: bool, reason: str) -> None:
-    from stealproof.serve.db import repo
-
-    gateway = _gateway_for_admin(_settings(config), with_models=not blocked)
-    with gateway.exclusive(), gateway.sessions.begin() as s:
-        found = repo.get_client(s, name)
-        if found is None:
-            raise ConfigError(f"unknown client {name!r}")
-        c = repo.lock_client(s, found.id)
-        repo.set_admin_block(s, c, blocked, reason if blocked else None)
-        if not blocked:
-            gateway.unblock_policy(s, c)
-
-
-@clients_app.command("block")
-@friendly_errors
-def clients_block(
-    name: Annotated[str, typer.Argument(help="Client name.")],
-    config: ConfigOpt,
-    reason: Annotated[str, typer.Option("--reason")] = "blocked by an administrator",
-) -> None:
-    """Block a client: its next requests get 403."""
-    _set_block(config, name, True, reason)
-    print(f"blocked {name}")
-
-
-@clients_app.command("unblock")
-@friendly_errors
-def clients_unblock(
-    name: Annotated[str, typer.Argument(help="Client name.")],
-    config: ConfigOpt,
-) -> None:
-    """Lift an administrator's block and every policy block of a client."""
-    _set_block(config, name, False, "")
-    print(f"unblocked {name}")
-
-
-# ----------------------------------------------------------------------------- serve
+app = typer.Typer()  # merged into the root app (stealproof.cli)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -348,8 +155,6 @@ def serve_cmd(
     """Serve defended models over the Open Inference Protocol (KServe V2)."""
     import uvicorn
 
-    from stealproof.cli import _setup, auto_threads
-
     if demo:
         if config is not None:
             raise ConfigError("--demo writes its own config; pass --workdir instead of --config")
@@ -416,9 +221,4 @@ def serve_cmd(
             shutil.rmtree(multiproc_dir, ignore_errors=True)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the gateway's commands to the main CLI."""
-    app.command("serve")(friendly_errors(serve_cmd))
-    app.add_typer(db_app, name="db")
-    app.add_typer(keys_app, name="keys")
-    app.add_typer(clients_app, name="clients")
+app.command("serve")(friendly_errors(serve_cmd))

@@ -1,21 +1,14 @@
-"""``stealproof bench run`` and ``stealproof bench report`` (a typer sub-app).
-
-The helpers shared with the main CLI (error handling, progress bar, consoles) are imported
-when a command runs, not at import time: ``stealproof.cli`` imports this module at its end.
-"""
+"""``stealproof bench run`` and ``stealproof bench report`` (a typer sub-app)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from stealproof._cli_errors import friendly_errors
-
-F = TypeVar("F", bound=Callable[..., Any])
+from stealproof.cli._shared import _setup, console, friendly_errors, progress_bar
 
 bench_app = typer.Typer(
     name="bench",
@@ -91,7 +84,6 @@ def run_cmd(
     from stealproof.bench.config import load_config
     from stealproof.bench.report import write_outputs
     from stealproof.bench.runner import BenchBackendError, execute, plan_run
-    from stealproof.cli import _setup, console, progress_bar
 
     if backend not in ("serial", "ray"):
         raise BenchBackendError(f"--backend: expected serial or ray, got {backend!r}")
@@ -187,7 +179,6 @@ def report_cmd(
 ) -> None:
     """Rebuild report.md, results.csv and the trade-off plots from results.jsonl alone."""
     from stealproof.bench.report import write_outputs
-    from stealproof.cli import console
 
     outputs = write_outputs(out)
     if not quiet:
