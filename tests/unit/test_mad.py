@@ -668,6 +668,65 @@ def test_oracle_argmin_moves_mass_to_least_likely(norm: str) -> None:
     assert torch.equal(d(None, y), out)
 
 
+def test_displacement_objective_is_the_squared_norm_of_the_update_difference() -> None:
+    """The reference's objmax=False score, ‖Gᵀ(c − y)‖², from M equals it from G itself."""
+    model = make_lenet(4, seed=3)
+    x = images(3, seed=3)
+    y = posteriors(3, 4, seed=4)
+    gj = naive_full_jacobian(model, x, ("",))  # [B, K, P]
+    m = gj @ gj.transpose(1, 2)
+    cands = posteriors(3 * 5, 4, seed=5).reshape(3, 5, 4)
+    got = M.displacement_objective(m, y, cands)
+    want = torch.stack(
+        [((cands[i] - y[i]) @ gj[i]).pow(2).sum(dim=1) for i in range(3)]
+    )  # ‖Gᵀ(c − y)‖² with Gᵀa = aG (rows of G are per-class gradients)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    eye = torch.eye(4, dtype=torch.float64).expand(3, 4, 4)
+    torch.testing.assert_close(
+        M.vertex_displacement_objective(m, y), M.displacement_objective(m, y, eye)
+    )
+
+
+@pytest.mark.parametrize("engine", ["last_layer", "identity"])
+def test_displacement_objective_equals_the_argmin_oracle_on_the_last_layer(engine: str) -> None:
+    """For Σd = 0 the last-layer M gives dᵀMd = ‖h‖²‖d‖², largest toward the least likely
+    class: scoring bare vertices, the reference's default oracle is the argmin ablation there
+    (module doc). Rows keep their two least likely classes apart (no ties within tolerance)."""
+    k = 6
+    y = posteriors(32, k, seed=9, spread=0.5)
+    x = images(32, seed=9)
+    sur = surrogate_for(k)
+    common = {"eps": 0.5, "engine": engine}
+    ref = defenses.create("mad", surrogate=sur, objective="displacement", **common)(x, y)
+    argmin = defenses.create("mad", surrogate=sur, oracle="argmin", **common)(x, y)
+    torch.testing.assert_close(ref, argmin, rtol=0, atol=1e-12)
+    # scoring interpolated points instead breaks the equivalence (α differs per vertex)
+    interp = defenses.create(
+        "mad", surrogate=sur, objective="displacement", score_interpolated=True, **common
+    )(x, y)
+    assert not torch.allclose(interp, argmin)
+
+
+def test_displacement_objective_differs_from_mad_with_the_full_gram() -> None:
+    """With the full network's G the two oracles disagree on some rows: the ablation is not
+    MAD under another name, and each answer is the best vertex of its own score."""
+    k = 4
+    model = make_lenet(k, seed=8)
+    x = images(24, seed=21)
+    y = posteriors(24, k, seed=22)
+    mad = defenses.create("mad", surrogate=model, eps=2.0, engine="gram")
+    ref = defenses.create("mad", surrogate=model, eps=2.0, engine="gram", objective="displacement")
+    out_mad, out_ref = mad(x, y), ref(x, y)
+    assert_on_simplex(out_ref, y)
+    m = mad.gram(x, y.double())
+    y64 = y.double()
+    pick_ref = M.vertex_displacement_objective(m, y64).argmax(dim=1)
+    pick_mad = M.vertex_objective(m, y64).argmax(dim=1)
+    assert torch.equal(out_ref.argmax(dim=1), pick_ref)  # eps = 2: all mass on the vertex
+    assert torch.equal(out_mad.argmax(dim=1), pick_mad)
+    assert bool((pick_ref != pick_mad).any())
+
+
 def random_choice(out: Tensor, y: Tensor) -> Tensor:
     return (out - y).argmax(dim=1)
 

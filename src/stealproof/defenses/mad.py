@@ -9,6 +9,14 @@ uniform distributions over subsets S ∋ t (exhaustive for K ≤ 12, greedy grow
 
 Everything works on the per-sample Gram matrix M = GGᵀ (see :mod:`stealproof.defenses.gram`).
 
+**The reference code's default oracle** (``objmax=False``) scores a candidate by the
+unnormalised displacement ``‖Gᵀ(ỹ − y)‖² = (ỹ − y)ᵀM(ỹ − y)`` instead of the angle; it is offered
+as the ablation ``objective="displacement"``, since users of that code got it. Scoring bare
+vertices with the last-layer G (or G = I) it reduces exactly to the ``argmin`` oracle: for a
+difference d of two distributions (Σd = 0) the last-layer M gives ``dᵀMd = ‖h‖²‖d‖²``, and
+``‖e_k − y‖²`` is largest at the least likely class. With ``engine="gram"`` (or
+``score_interpolated``) it picks otherwise.
+
 **The accuracy cliff of ε (MAD, not MAD-argmax).** Moving a row toward a vertex e_j overtakes
 the victim's top-1 class t once ``α > (y_t − y_j) / (1 − y_j + y_t)``; in L1 that is a budget
 of ``2(1 − y_j)(y_t − y_j) / (1 − y_j + y_t)``, which tends to 1 as the victim grows confident
@@ -37,6 +45,7 @@ from stealproof.defenses.registry import register
 from stealproof.errors import ConfigError, InputValidationError
 
 Norm = Literal["l1", "l2", "kl"]
+Objective = Literal["angle", "displacement"]
 Engine = Literal["last_layer", "gram", "identity"]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +90,19 @@ def vertex_objective(m: Tensor, y: Tensor) -> Tensor:
     return 2.0 - 2.0 * my / torch.sqrt((diag * yy).clamp_min(_TINY))
 
 
+def displacement_objective(m: Tensor, y: Tensor, cands: Tensor) -> Tensor:
+    """‖Gᵀ(c − y)‖² = (c − y)ᵀM(c − y) for every candidate [B, C, K] → [B, C] (reference oracle)."""
+    d = cands - y[:, None, :]
+    return torch.einsum("bck,bkl,bcl->bc", d, m, d)
+
+
+def vertex_displacement_objective(m: Tensor, y: Tensor) -> Tensor:
+    """‖Gᵀ(e_k − y)‖² for every class k → [B, K]: M_kk − 2(My)_k + yᵀMy."""
+    my = (m @ y[:, :, None])[:, :, 0]
+    yy = (y * my).sum(dim=1, keepdim=True)
+    return torch.diagonal(m, dim1=1, dim2=2) - 2.0 * my + yy
+
+
 def distance(a: Tensor, y: Tensor, norm: Norm) -> Tensor:
     """dist(a, y) along the last dim: L1, L2, or KL(y ‖ a)."""
     if norm == "l1":
@@ -120,15 +142,25 @@ def interpolate(y: Tensor, target: Tensor, alpha: Tensor) -> Tensor:
     return (1 - alpha[:, None]) * y + alpha[:, None] * target
 
 
-def best_vertex(m: Tensor, y: Tensor, eps: float, norm: Norm, score_interpolated: bool) -> Tensor:
-    """Index of the vertex e_k that maximises H (or H of its interpolation) → [B]."""
+def best_vertex(
+    m: Tensor,
+    y: Tensor,
+    eps: float,
+    norm: Norm,
+    score_interpolated: bool,
+    kind: Objective = "angle",
+) -> Tensor:
+    """Index of the vertex e_k that maximises the objective (H for ``kind="angle"``, the
+    reference's displacement for ``"displacement"``), or that of its interpolation → [B]."""
     if not score_interpolated:
-        return first_max(vertex_objective(m, y))
+        vertex = vertex_objective if kind == "angle" else vertex_displacement_objective
+        return first_max(vertex(m, y))
     k = y.shape[1]
     eye = torch.eye(k, dtype=y.dtype, device=y.device).expand(y.shape[0], k, k)
     alpha = interpolation_alpha(y, eye, eps, norm)  # [B, K]
     cands = (1 - alpha[..., None]) * y[:, None, :] + alpha[..., None] * eye
-    return first_max(objective(m, y, cands))
+    score = objective if kind == "angle" else displacement_objective
+    return first_max(score(m, y, cands))
 
 
 def _subset_table(k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -303,6 +335,12 @@ class MADConfig(DefenseConfig):
     )
     score_interpolated: bool = Field(
         False, description="pick the vertex whose *interpolated* point scores best (ours)"
+    )
+    objective: Objective = Field(
+        "angle",
+        description="what oracle='extreme' maximises: angle = MAD's H (the paper); "
+        "displacement = ‖Gᵀ(ỹ−y)‖², the reference code's default (objmax=False), an ablation "
+        "(with engine last_layer or identity and bare vertices it equals oracle='argmin')",
     )
     seed: int = Field(0, description="seed of the random surrogate and of oracle='random'")
 
@@ -497,7 +535,9 @@ class MAD(_MADBase):
             keys = _rng.row_keys(self._salt, y if x is None else x)
             idx = torch.clamp((_rng.uniform(keys, 1)[:, 0] * k).long(), max=k - 1)
         else:
-            idx = best_vertex(self.gram(x, y64), y64, cfg.eps, cfg.norm, cfg.score_interpolated)
+            idx = best_vertex(
+                self.gram(x, y64), y64, cfg.eps, cfg.norm, cfg.score_interpolated, cfg.objective
+            )
         target = torch.zeros_like(y64).scatter_(1, idx[:, None], 1.0)
         alpha = interpolation_alpha(y64, target, cfg.eps, cfg.norm)
         return interpolate(y64, target, alpha).to(y.dtype)
