@@ -82,6 +82,7 @@ TERMS: tuple[str, ...] = ("ce", "ood", "iso", "gind", "id")
 Divergence = Literal["forward", "reference"]
 Induction = Literal["l1", "max_entropy"]
 Engine = Literal["fast", "reference"]
+PcgradReduction = Literal["sum", "mean"]
 
 _NORM_FLOOR = 1e-12  # norms below this are clamped in the cosine (both engines alike)
 
@@ -107,6 +108,12 @@ class IniConfig(BaseModel):
     )
     engine: Engine = Field("fast", description="fast (JVP/VJP) or reference (double backward)")
     pcgrad: bool = Field(True, description="project conflicting per-term gradients (PCGrad)")
+    pcgrad_reduction: PcgradReduction = Field(
+        "sum",
+        description="how PCGrad combines the projected terms: sum (the PCGrad paper) or mean "
+        "(the InI reference code, which also does not clip on that path: add "
+        "max_grad_norm=None for its exact step, about 1/4 of ours when clipping does not bind)",
+    )
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.5, ge=0, lt=1)
@@ -484,12 +491,15 @@ def ini_losses(
 # ------------------------------------------------------------------------ PCGrad
 
 
-def pcgrad(grads: Sequence[Tensor], generator: torch.Generator) -> Tensor:
+def pcgrad(
+    grads: Sequence[Tensor], generator: torch.Generator, reduction: PcgradReduction = "sum"
+) -> Tensor:
     """PCGrad (Yu et al., 2020) over flattened per-term gradients ``[P]`` → combined ``[P]``.
 
     Each term's gradient is projected off the normal plane of every other term's (original)
     gradient it conflicts with (negative inner product), the others taken in a random order;
-    the projected gradients are summed.
+    the projected gradients are summed (PCGrad's paper), or averaged (``reduction="mean"``: what
+    the InI reference code does).
     """
     if not grads:
         raise ValueError("pcgrad: needs at least one gradient")
@@ -506,7 +516,8 @@ def pcgrad(grads: Sequence[Tensor], generator: torch.Generator) -> Tensor:
             if dot < 0:
                 gi = gi - dot / gj.pow(2).sum().clamp_min(1e-30) * gj
         out.append(gi)
-    return torch.stack(out).sum(dim=0)
+    stacked = torch.stack(out)
+    return stacked.mean(dim=0) if reduction == "mean" else stacked.sum(dim=0)
 
 
 # ------------------------------------------------------------------------ trainer
@@ -728,7 +739,7 @@ def _step(
                     ]
                 )
             )
-        combined = pcgrad(flat, generator)
+        combined = pcgrad(flat, generator, cfg.pcgrad_reduction)
         offset = 0
         for p in params:
             p.grad = combined[offset : offset + p.numel()].view_as(p).clone()

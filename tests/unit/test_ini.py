@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
@@ -146,6 +147,40 @@ def test_l1_induction_ignores_the_clone_gradient() -> None:
     assert torch.allclose(loss, (zc - centered_log_softmax(zv)).abs().mean())
     loss.backward()
     assert zc.grad is None and zv.grad is not None
+
+
+def test_pcgrad_mean_is_the_sum_over_the_terms_count_and_reaches_the_step() -> None:
+    """``pcgrad_reduction="mean"`` (the reference code's) averages the same projected terms."""
+    grads = [torch.tensor([1.0, 0.0, 2.0]), torch.tensor([-1.0, 1.0, 0.5]), torch.randn(3)]
+    total = pcgrad(grads, torch.Generator().manual_seed(3))
+    mean = pcgrad(grads, torch.Generator().manual_seed(3), "mean")
+    torch.testing.assert_close(mean, total / 3)
+    assert IniConfig().pcgrad_reduction == "sum"
+    with pytest.raises(ValidationError):
+        IniConfig(pcgrad_reduction="max")
+
+
+def test_training_step_applies_the_configured_pcgrad_reduction() -> None:
+    """One optimiser step moves the victim by the sum of the projected terms, or by their mean
+    (the reference's step) — half as far with two terms and no clipping."""
+    from stealproof.ini import IniLosses, _step
+
+    moved = {}
+    for reduction in ("sum", "mean"):
+        w = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+        a, b = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([-1.0, 1.0, 0.0])  # in conflict
+        zero = (w * 0).sum()
+        losses = IniLosses(ce=(w * a).sum(), ood=(w * b).sum(), iso=zero, gind=zero, id=zero)
+        cfg = IniConfig(pcgrad_reduction=reduction, max_grad_norm=None)
+        opt = torch.optim.SGD([w], lr=1.0)
+        before = w.detach().clone()
+        _step(opt, [w], losses, {"ce": 1.0, "ood": 1.0}, ["ce", "ood"], cfg,
+              torch.Generator().manual_seed(0))  # fmt: skip
+        moved[reduction] = before - w.detach()
+    expected = pcgrad([torch.tensor([1.0, 0.0, 2.0]), torch.tensor([-1.0, 1.0, 0.0])],
+                      torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(moved["sum"], expected)
+    torch.testing.assert_close(moved["mean"], expected / 2)
 
 
 def test_pcgrad_projects_conflicting_gradients() -> None:
