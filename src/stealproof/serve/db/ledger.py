@@ -136,7 +136,7 @@ _PG_CLIENT_UPDATE = (
 # rows' ids in parameter order (RETURNING itself promises no order).
 _PG_LOG_INSERT = (
     "INSERT INTO query_log (client_id, created_at, model, model_version, rows, input_sha256, "
-    "actions, l1, scores, delivered) SELECT v.cid, %(now)s, v.model, v.mv, v.rows, "
+    "actions, l1, scores, delivered) SELECT v.cid, %(created_at)s, v.model, v.mv, v.rows, "
     "v.sha::json, v.actions::json, v.l1::json, v.scores::json, false "
     "FROM unnest(%(client_id)b::int[], %(model)b::text[], %(model_version)b::text[], "
     "%(rows)b::int[], %(input_sha256)b::text[], %(actions)b::text[], %(l1)b::text[], "
@@ -417,7 +417,7 @@ def _write_postgres(
                 {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in row.items()}
                 for row in params
             ]
-            ids_cur.execute(_PG_LOG_INSERT, _columns(logs, scalar=("created_at",), rename=_NOW_AS))
+            ids_cur.execute(_PG_LOG_INSERT, _columns(logs, scalar=("created_at",)))
         conn.commit()  # sent with the statements; its result is read with theirs
     if not params:
         return []
@@ -427,23 +427,10 @@ def _write_postgres(
     return ids
 
 
-_NOW_AS = {"created_at": "now"}
-
-
-def _columns(
-    rows: Sequence[dict[str, Any]],
-    *,
-    scalar: Sequence[str] = (),
-    rename: dict[str, str] | None = None,
-) -> dict[str, Any]:
+def _columns(rows: Sequence[dict[str, Any]], *, scalar: Sequence[str] = ()) -> dict[str, Any]:
     """Rows of parameters → one list per column (for ``unnest``); ``scalar`` columns, equal in
-    every row, are passed once; ``rename`` maps a column to its parameter name."""
-    names = rename or {}
-    first = rows[0]
-    out: dict[str, Any] = {}
-    for k in first:
-        out[names.get(k, k)] = first[k] if k in scalar else [r[k] for r in rows]
-    return out
+    every row, are passed once."""
+    return {k: v if k in scalar else [r[k] for r in rows] for k, v in rows[0].items()}
 
 
 def _driver(s: Executor) -> Any:
