@@ -39,7 +39,7 @@ from stealproof.defenses.grad2 import (
     scores_jvp,
 )
 from stealproof.defenses.gram import full_gram, last_layer_gram
-from stealproof.errors import InputValidationError
+from stealproof.errors import ConfigError, InputValidationError
 from stealproof.models.base import Classifier
 from stealproof.models.registry import create_model
 from stealproof.surrogate import distill_surrogate
@@ -790,3 +790,54 @@ def test_distill_epochs_beyond_schedule_raises(
     victim, images = victim_and_images
     with pytest.raises(ValueError, match=r"epochs \(3\) must be ≤ schedule_epochs \(2\)"):
         distill_surrogate(victim, images, epochs=3, schedule_epochs=2)
+
+
+# --------------------------------------------------------------------------- 6. ensembles
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ensemble_scores_are_the_members_mean(surrogate: nn.Module, target: str) -> None:
+    """``surrogates=2``: the scores are the mean of each member's, and the answer is the
+    redirection of those mean scores (not the mean of two answers)."""
+    other = make_model("mlp", K_DEF, seed=41)
+    x, y = make_batch(10, K_DEF, seed=42)
+    a = make_defense(surrogate, "jvp", target, eps=0.8)
+    b = make_defense(other, "jvp", target, eps=0.8)
+    both = make_defense(surrogate, "jvp", target, eps=0.8, surrogates=2, surrogate_2=other)
+    assert isinstance(a, Grad2) and isinstance(b, Grad2) and isinstance(both, Grad2)
+    y64 = y.double()
+    mean = (a.scores(x, y64) + b.scores(x, y64)) / 2
+    assert torch.allclose(both.scores(x, y64), mean, rtol=1e-12, atol=1e-15)
+    out = both(x, y)
+    assert torch.allclose(out, greedy_redirect(y64, mean, 0.8).to(y.dtype), atol=1e-12)
+    assert not torch.allclose(out, a(x, y))  # the second member changes the answers
+    # rebuilt from its params and models (what the benchmark's cache does)
+    rebuilt = Grad2(**both.params, **both.models())
+    assert set(both.models()) >= {"surrogate", "surrogate_2"}
+    assert torch.equal(rebuilt(x, y), out)
+
+
+def test_ensemble_size_and_member_names_are_checked(surrogate: nn.Module) -> None:
+    other = make_model("mlp", K_DEF, seed=41)
+    with pytest.raises(ConfigError, match=r"surrogates=2 needs that many models.*got 1"):
+        defenses.create("grad2", surrogate=surrogate, surrogates=2)
+    with pytest.raises(ConfigError, match=r"surrogates=1 needs that many models.*got 2"):
+        defenses.create("grad2", surrogate=surrogate, surrogate_2=other)
+    with pytest.raises(ConfigError, match=r"surrogate_2 … surrogate_N; got \[3\]"):
+        defenses.create("grad2", surrogate=surrogate, surrogates=2, surrogate_3=other)
+    with pytest.raises(ValueError, match=r"surrogates"):
+        defenses.create("grad2", surrogate=surrogate, surrogates=0)
+
+
+def test_prepare_builds_an_ensemble_of_distinct_seeds(
+    victim_and_images: tuple[nn.Module, Tensor],
+) -> None:
+    victim, images = victim_and_images
+    d = Grad2.prepare(victim, images, eps=0.5, seed=3, surrogates=2, target="min_ip")
+    single = Grad2.prepare(victim, images, eps=0.5, seed=4, target="min_ip")
+    assert isinstance(d, Grad2) and isinstance(single, Grad2)
+    assert len(d.members) == 2 and set(d.models()) >= {"surrogate", "surrogate_2"}
+    second = d.members[1].surrogate.state_dict()
+    for n, t in single.surrogate.state_dict().items():  # member 2 is the seed + 1 surrogate
+        assert torch.equal(t, second[n])
+    assert not torch.equal(d.surrogate.state_dict()["body.1.weight"], second["body.1.weight"])

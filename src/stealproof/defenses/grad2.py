@@ -15,6 +15,7 @@ ops without forward-mode rules).
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -220,39 +221,35 @@ class Grad2Config(DefenseConfig):
     layers: tuple[str, ...] | None = Field(
         None, description="min_ip only: parameter prefixes of G (None: last layer, closed form)"
     )
+    surrogates: int = Field(
+        1, ge=1, le=16, description="ensemble size: scores averaged over this many surrogates"
+    )
     seed: int = Field(0, description="seed of the surrogate built by prepare()")
 
 
-@register
-class Grad2(Defense):
-    """Redirects the thief's gradient toward a target direction within an L1 budget."""
+_EXTRA = re.compile(r"surrogate_(\d+)")
 
-    name: ClassVar[str] = "grad2"
-    Config: ClassVar[type[DefenseConfig]] = Grad2Config
-    demo_params: ClassVar[dict[str, Any]] = {
-        "eps": 2.0,
-        "target": "min_ip",
-        "preserve_argmax": True,
-    }
-    prepare_params: ClassVar[frozenset[str] | None] = frozenset({"seed"})
+
+def _extra_surrogates(params: dict[str, Any]) -> list[nn.Module]:
+    """Pop ``surrogate_2`` … ``surrogate_N`` (an ensemble's other members) from ``params``."""
+    found = {int(m.group(1)): k for k in list(params) if (m := _EXTRA.fullmatch(k))}
+    if found and sorted(found) != list(range(2, 2 + len(found))):
+        raise ConfigError(
+            f"grad2: ensemble members must be surrogate_2 … surrogate_N; got {sorted(found)}"
+        )
+    return [params.pop(found[i]) for i in sorted(found)]
+
+
+class _Member:
+    """One surrogate of the ensemble with its target direction and shifted copies."""
 
     def __init__(
         self,
-        config: DefenseConfig | None = None,
-        /,
-        surrogate: nn.Module | None = None,
-        direction: dict[str, Tensor] | None = None,
-        watermark: tuple[Tensor, int] | None = None,
-        **params: Any,
+        surrogate: nn.Module,
+        cfg: Grad2Config,
+        direction: dict[str, Tensor] | None,
+        watermark: tuple[Tensor, int] | None,
     ) -> None:
-        super().__init__(config, **params)
-        cfg = self.config
-        assert isinstance(cfg, Grad2Config)
-        if surrogate is None:
-            raise ConfigError(
-                "grad2: needs a surrogate model: pass surrogate=..., or build one with "
-                "Grad2.prepare(victim, images) (distilled, 10 of 50 epochs)"
-            )
         self.surrogate = surrogate.eval()
         self.direction: dict[str, Tensor] | None = None
         if cfg.target == "all_ones":
@@ -280,61 +277,24 @@ class Grad2(Defense):
             if not all(bool(torch.isfinite(t).all()) for t in direction.values()):
                 raise ConfigError("grad2: direction contains NaN or inf")
             self.direction = {n: t.detach() for n, t in direction.items()}
-        self._given = {"surrogate": surrogate, "direction": direction, "watermark": watermark}
-        self._all_ones = cfg.target == "all_ones"
-        self._shifted: ShiftedModel | None = None
+        self.shifted: ShiftedModel | None = None
         if cfg.engine == "finite_difference":
             if self.direction is None:
                 raise ConfigError(
                     "grad2: engine='finite_difference' needs a fixed target direction"
                 )
             step = cfg.fd_step or auto_fd_step(surrogate, self.direction)
-            self._shifted = ShiftedModel(surrogate, self.direction, step)
+            self.shifted = ShiftedModel(surrogate, self.direction, step)
 
-    @classmethod
-    def prepare(
-        cls,
-        victim: nn.Module,
-        images: Tensor,
-        *,
-        query_sample: Tensor | None = None,
-        **params: Any,
-    ) -> Defense:
-        """GRAD² with a surrogate distilled from the victim, stopped early (10 of 50 epochs).
-
-        It distils on ``query_sample`` (the query distribution, as in the paper) when given,
-        else on the defender's own ``images``, a weaker stand-in for the thief's clone.
-        """
-        from stealproof.surrogate import distill_surrogate
-
-        cfg = cls.make_config(**params)
-        assert isinstance(cfg, Grad2Config)
-        data = query_sample if query_sample is not None else images
-        surrogate = distill_surrogate(victim, data, epochs=10, schedule_epochs=50, seed=cfg.seed)
-        return cls(cfg, surrogate=surrogate)
-
-    def models(self) -> dict[str, Any]:
-        return dict(self._given)
-
-    def expected_input(self) -> tuple[tuple[int, ...] | None, int | None]:
-        return model_io(self.surrogate)
-
-    def to(self, device: torch.device | str) -> Defense:
+    def to(self, device: torch.device | str) -> None:
         self.surrogate.to(device)
         if self.direction is not None:
             self.direction = {n: t.to(device) for n, t in self.direction.items()}
-        if self._shifted is not None:
-            self._shifted.to(device)
-        return self
+        if self.shifted is not None:
+            self.shifted.to(device)
 
-    def l1_budget(self) -> float | None:
-        assert isinstance(self.config, Grad2Config)
-        return self.config.eps
-
-    def scores(self, x: Tensor, y: Tensor) -> Tensor:
-        """s = G a for the batch → [B, K] (float64)."""
-        cfg = self.config
-        assert isinstance(cfg, Grad2Config)
+    def scores(self, cfg: Grad2Config, x: Tensor, y: Tensor) -> Tensor:
+        """This surrogate's s = G a → [B, K] (float64, on y's device)."""
         dev = next(self.surrogate.parameters()).device
         xs = x.to(dev)
         if cfg.target == "min_ip":
@@ -347,13 +307,117 @@ class Grad2(Defense):
             return -(m.to(y.device) @ y.double()[:, :, None])[:, :, 0]
         assert self.direction is not None
         if cfg.engine == "finite_difference":
-            assert self._shifted is not None
-            s = self._shifted.scores(xs)
+            assert self.shifted is not None
+            s = self.shifted.scores(xs)
         elif cfg.engine == "double_backward":
             s = scores_double_backward(self.surrogate, xs, self.direction)
         else:
-            s = scores_jvp(self.surrogate, xs, self.direction, self._all_ones)
+            s = scores_jvp(self.surrogate, xs, self.direction, cfg.target == "all_ones")
         return s.double().to(y.device)
+
+
+@register
+class Grad2(Defense):
+    """Redirects the thief's gradient toward a target direction within an L1 budget.
+
+    With ``surrogates=N`` (the paper's MIN-IP uses 4) the scores are the mean over an ensemble:
+    ``surrogate=`` is its first member and ``surrogate_2=`` … ``surrogate_N=`` the others;
+    :meth:`prepare` distils all N (seeds ``seed`` … ``seed + N − 1``).
+    """
+
+    name: ClassVar[str] = "grad2"
+    Config: ClassVar[type[DefenseConfig]] = Grad2Config
+    demo_params: ClassVar[dict[str, Any]] = {
+        "eps": 2.0,
+        "target": "min_ip",
+        "preserve_argmax": True,
+    }
+    prepare_params: ClassVar[frozenset[str] | None] = frozenset({"seed", "surrogates"})
+
+    def __init__(
+        self,
+        config: DefenseConfig | None = None,
+        /,
+        surrogate: nn.Module | None = None,
+        direction: dict[str, Tensor] | None = None,
+        watermark: tuple[Tensor, int] | None = None,
+        **params: Any,
+    ) -> None:
+        extra = _extra_surrogates(params)
+        super().__init__(config, **params)
+        cfg = self.config
+        assert isinstance(cfg, Grad2Config)
+        if surrogate is None:
+            raise ConfigError(
+                "grad2: needs a surrogate model: pass surrogate=..., or build one with "
+                "Grad2.prepare(victim, images) (distilled, 10 of 50 epochs)"
+            )
+        ensemble = [surrogate, *extra]
+        if len(ensemble) != cfg.surrogates:
+            raise ConfigError(
+                f"grad2: surrogates={cfg.surrogates} needs that many models (surrogate=, "
+                f"surrogate_2= …); got {len(ensemble)}. Grad2.prepare builds them"
+            )
+        self.members = [_Member(m, cfg, direction, watermark) for m in ensemble]
+        self.surrogate = self.members[0].surrogate
+        self.direction = self.members[0].direction
+        self._given: dict[str, Any] = {
+            "surrogate": surrogate,
+            "direction": direction,
+            "watermark": watermark,
+            **{f"surrogate_{i}": m for i, m in enumerate(extra, start=2)},
+        }
+
+    @classmethod
+    def prepare(
+        cls,
+        victim: nn.Module,
+        images: Tensor,
+        *,
+        query_sample: Tensor | None = None,
+        **params: Any,
+    ) -> Defense:
+        """GRAD² with surrogates distilled from the victim, stopped early (10 of 50 epochs).
+
+        It distils on ``query_sample`` (the query distribution, as in the paper) when given,
+        else on the defender's own ``images``, a weaker stand-in for the thief's clone.
+        """
+        from stealproof.surrogate import distill_surrogate
+
+        cfg = cls.make_config(**params)
+        assert isinstance(cfg, Grad2Config)
+        data = query_sample if query_sample is not None else images
+        made = [
+            distill_surrogate(victim, data, epochs=10, schedule_epochs=50, seed=cfg.seed + j)
+            for j in range(cfg.surrogates)
+        ]
+        extra: dict[str, Any] = {f"surrogate_{i}": m for i, m in enumerate(made[1:], start=2)}
+        return cls(cfg, surrogate=made[0], **extra)
+
+    def models(self) -> dict[str, Any]:
+        return dict(self._given)
+
+    def expected_input(self) -> tuple[tuple[int, ...] | None, int | None]:
+        return model_io(self.surrogate)
+
+    def to(self, device: torch.device | str) -> Defense:
+        for m in self.members:
+            m.to(device)
+        self.direction = self.members[0].direction
+        return self
+
+    def l1_budget(self) -> float | None:
+        assert isinstance(self.config, Grad2Config)
+        return self.config.eps
+
+    def scores(self, x: Tensor, y: Tensor) -> Tensor:
+        """s = G a for the batch → [B, K] (float64), the mean over the ensemble."""
+        cfg = self.config
+        assert isinstance(cfg, Grad2Config)
+        s = self.members[0].scores(cfg, x, y)
+        for m in self.members[1:]:
+            s = s + m.scores(cfg, x, y)
+        return s / len(self.members)
 
     def perturb(self, x: Tensor | None, y: Tensor, logits: Tensor | None) -> Tensor:
         cfg = self.config
