@@ -162,3 +162,45 @@ def tradeoff_curves(
     fig.savefig(p)
     plt.close(fig)
     return p
+
+
+def worst_case_curves(
+    curves: Sequence[TradeoffCurve],
+    *,
+    title: str,
+    path: str | Path,
+    undefended: TradeoffCurve | None = None,
+    thieves: Sequence[Sequence[str]] = (),
+) -> Path:
+    """Defender accuracy against the *strongest* thief's clone accuracy, one line per defense.
+
+    ``thieves[i][j]`` (optional) names the strongest thief at point j of curve i; points where
+    it changes from the previous point are annotated, so the plot shows who wins where.
+    """
+    fig, ax = plt.subplots(figsize=(10.0, 5.8), dpi=120)
+    cmap = plt.get_cmap("tab20")
+    colors = [cmap(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    for i, c in enumerate(curves):
+        xs, ys = _pct(c.defender_acc), _pct(c.clone_acc)
+        ax.plot(xs, ys, "-o", color=colors[i % len(colors)], lw=1.8, ms=5, label=c.name, zorder=3)
+        names = thieves[i] if i < len(thieves) else []
+        for j, name in enumerate(names):
+            if j == 0 or name != names[j - 1]:
+                ax.annotate(name, (xs[j], ys[j]), fontsize=6, alpha=0.7, xytext=(-4, 4),
+                            textcoords="offset points", ha="right")  # fmt: skip
+    if undefended is not None:
+        ax.scatter(
+            _pct(undefended.defender_acc), _pct(undefended.clone_acc), marker="*", s=160,
+            color="black", zorder=4, label="undefended",
+        )  # fmt: skip
+    _zoom_accuracy_axis(ax, curves, undefended)
+    ax.set_xlabel("defender accuracy on its test set (%)  →  better for the defender")
+    ax.set_ylabel("strongest thief's clone accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p)
+    plt.close(fig)
+    return p

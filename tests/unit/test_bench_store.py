@@ -17,10 +17,9 @@ from typer.testing import CliRunner
 
 from stealproof import defenses
 from stealproof.bench.cache import builds_models, defense_key
+from stealproof.bench.curves import knob_order, knob_paths
 from stealproof.bench.report import (
     group_rows,
-    knob_order,
-    knob_paths,
     render_markdown,
     setting_means,
     strongest_setting,

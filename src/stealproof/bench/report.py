@@ -16,7 +16,6 @@ A metric recorded as null (not measured, or not finite) is left out of every mea
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,8 +26,15 @@ from typing import Any
 from stealproof import metrics
 from stealproof._io import atomic_target, check_output_dir, write_text_atomic
 from stealproof.bench.config import attack_label
+from stealproof.bench.curves import (
+    Curve,
+    _is_number,
+    knob_paths,
+    setting_key,
+    setting_text,
+)
 from stealproof.bench.store import CSV_NAME, ResultsFileError, ResultStore, write_csv
-from stealproof.fingerprint import canonical_json
+from stealproof.bench.worst_case import WorstCurve, WorstPoint, strongest_within, worst_curves
 
 Row = Mapping[str, Any]
 
@@ -80,117 +86,6 @@ def mean(values: Iterable[float | None]) -> float:
     """Mean of the finite values; NaN when there are none."""
     v = _finite(values)
     return math.fsum(v) / len(v) if v else math.nan
-
-
-def setting_key(params: Mapping[str, Any]) -> str:
-    return canonical_json(dict(params))
-
-
-def setting_text(params: Mapping[str, Any]) -> str:
-    """``beta=0.3, gamma=0.2`` (``–`` for no parameters)."""
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "–"
-
-
-def _sortable(v: Any) -> tuple[int, float, str]:
-    if isinstance(v, bool) or v is None:
-        return (0, float(bool(v)), "")
-    if isinstance(v, int | float):
-        return (1, float(v), "")
-    return (2, 0.0, json.dumps(v, sort_keys=True))
-
-
-def knob_order(settings: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Settings sorted by the parameters that vary between them (the knob), in key order."""
-    keys = list(dict.fromkeys(k for s in settings for k in s))
-    varying = [k for k in keys if len({canonical_json(s.get(k)) for s in settings}) > 1]
-    return sorted(settings, key=lambda s: [_sortable(s.get(k)) for k in varying])
-
-
-#: Keys of a defense config that never define a curve (the cell's seed follows the row's seed).
-_NOT_A_KNOB = frozenset({"seed"})
-
-
-def effective_setting(row: Row) -> dict[str, Any]:
-    """The row's setting with defaults filled in (its ``defense_config`` less the seed).
-
-    ``{eps: 1.0}`` and ``{eps: 2.0, preserve_argmax: true}`` then differ in ``preserve_argmax``
-    even though the first does not name it. Rows without a config fall back to ``params``.
-    """
-    cfg = row.get("defense_config")
-    if not isinstance(cfg, Mapping):
-        return dict(row["params"])
-    out = {k: v for k, v in cfg.items() if k not in _NOT_A_KNOB}
-    out.update({k: v for k, v in row["params"].items() if k in _NOT_A_KNOB})
-    return out
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One knob path of a defense: its settings in knob order, the other parameters fixed."""
-
-    defense: str
-    knob: str | None
-    fixed: Mapping[str, Any]
-    settings: tuple[Mapping[str, Any], ...]
-
-    @property
-    def label(self) -> str:
-        """``target=min_ip, preserve_argmax=True`` (``–`` when the defense has one curve)."""
-        return setting_text(self.fixed)
-
-    def holds(self, row: Row) -> bool:
-        """True when the row's setting is one of this curve's."""
-        key = setting_key(row["params"])
-        return any(setting_key(s) == key for s in self.settings)
-
-
-def knob_paths(rows: Sequence[Row], defense: str) -> list[Curve]:
-    """The defense's settings split into curves along one knob (see the module doc).
-
-    The knob is the first numeric parameter (in the order the settings name them) whose value
-    varies; each combination of the other varying parameters is one curve, in order of first
-    appearance. A defense with no numeric knob gets one single-point curve per setting.
-    """
-    params: dict[str, Mapping[str, Any]] = {}
-    effective: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["defense"] != defense:
-            continue
-        k = setting_key(r["params"])
-        if k not in params:
-            params[k] = r["params"]
-            effective[k] = effective_setting(r)
-    if not params:
-        return []
-    order = list(dict.fromkeys([*(k for p in params.values() for k in p)]))
-    order += [k for e in effective.values() for k in e if k not in order]
-    missing = object()
-    varying = [
-        k
-        for k in order
-        if len({canonical_json(e.get(k)) if k in e else "\0" for e in effective.values()}) > 1
-    ]
-    numeric = [k for k in varying if all(_is_number(e.get(k, missing)) for e in effective.values())]
-    knob = numeric[0] if numeric else None
-    curves: dict[str, tuple[dict[str, Any], list[str]]] = {}
-    for k, e in effective.items():
-        if knob is None:
-            fixed = {v: e.get(v) for v in varying}
-        else:
-            fixed = {v: e.get(v) for v in varying if v != knob}
-        curves.setdefault(canonical_json(fixed), (fixed, []))[1].append(k)
-    out = []
-    for fixed, keys in curves.values():
-        settings = sorted(
-            (params[k] for k in keys),
-            key=lambda p: _sortable(effective[setting_key(p)].get(knob)) if knob else (0, 0.0, ""),
-        )
-        out.append(Curve(defense, knob, fixed, tuple(settings)))
-    return out
 
 
 def _usable(r: Row, *fields: str) -> bool:
@@ -385,6 +280,81 @@ def plot_name(group: Group, groups: Sequence[Group]) -> str:
     return f"tradeoff_{slug(group.scenario)}_{slug(group.attack)}{suffix}.png"
 
 
+def worst_case_groups(rows: Sequence[Row]) -> list[tuple[str, int, list[Row]]]:
+    """(scenario, budget, rows of every attack) where more than one thief was measured."""
+    from stealproof.bench.worst_case import thief_accuracies
+
+    by: dict[tuple[str, int], list[Row]] = {}
+    for r in rows:
+        by.setdefault((str(r["scenario"]), int(r["budget"])), []).append(r)
+    out = []
+    for (scenario, budget), rs in by.items():
+        thieves = {t for r in rs for t in thief_accuracies(r)}
+        if len(thieves) > 1:
+            out.append((scenario, budget, rs))
+    return out
+
+
+def worst_case_name(scenario: str, budget: int, groups: Sequence[tuple[str, int, Any]]) -> str:
+    """``worstcase_<scenario>.png`` (plus ``_<budget>q`` when the scenario has several)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario).strip("-") or "x"
+    several = sum(1 for s, _, _ in groups if s == scenario) > 1
+    return f"worstcase_{slug}{f'_{budget}q' if several else ''}.png"
+
+
+def _worst_case_section(scenario: str, budget: int, rows: Sequence[Row], plot: str) -> list[str]:
+    base, curves = worst_curves(rows, COST_POINTS)
+    thieves = sorted({t for c in curves for p in c.points for t in p.per_thief})
+    if base is not None:
+        thieves = sorted({*thieves, *base.per_thief})
+    cost = COST_POINTS[-1]
+    lines = [
+        "",
+        f"### Worst case over {len(thieves)} thieves, {budget} queries",
+        "",
+        "For each setting, the strongest thief is the one whose clone is most accurate (means "
+        "over seeds); the worst-case thief error is interpolated along each knob path from the "
+        f"undefended worst case. Thieves: {', '.join(thieves)}.",
+        "",
+    ]
+    header = ["defense", "knob path", "settings"]
+    header += [f"worst case at +{p:g} pt" for p in COST_POINTS]
+    header += [f"strongest within +{cost:g} pt", "defender acc", "worst clone acc", "by"]
+    body = []
+    if base is not None:
+        body.append(["`none`", "–", "1", *("–" for _ in COST_POINTS),
+                     "–", _pct(base.defender_acc), _pct(base.clone_acc), base.thief])  # fmt: skip
+    undefended = base.defender_acc if base is not None else math.nan
+    for c in curves:
+        best = strongest_within(c, undefended, cost) if not math.isnan(undefended) else None
+        line = [
+            f"`{c.defense}`",
+            c.label,
+            str(len(c.points)),
+            *(_num(v) for v in c.errors.values()),
+        ]
+        if best is None:
+            line += ["–", "–", "–", "–"]
+        else:
+            line += [setting_text(best.params), _pct(best.defender_acc), _pct(best.clone_acc),
+                     best.thief]  # fmt: skip
+        body.append(line)
+    lines += _table(header, body, "lll" + "r" * len(COST_POINTS) + "lrrl")
+    every = []
+    for p in ([base] if base is not None else []) + [p for c in curves for p in c.points]:
+        every.append([f"`{p.defense}`", setting_text(p.params), _pct(p.defender_acc),
+                      _pct(p.clone_acc), p.thief if p.per_thief else "–",
+                      str(len(p.per_thief))])  # fmt: skip
+    lines += ["", "Every setting under its strongest thief:", ""]
+    lines += _table(
+        ["defense", "setting", "defender acc", "worst clone acc", "strongest thief", "thieves"],
+        every,
+        "llrrlr",
+    )
+    lines += ["", f"![worst case: {scenario}, {budget} queries]({plot})"]
+    return lines
+
+
 def render_markdown(rows: Sequence[Row]) -> str:
     """The whole report as markdown (plots are referenced by file name)."""
     groups = group_rows(rows)
@@ -403,16 +373,23 @@ def render_markdown(rows: Sequence[Row]) -> str:
         "means over seeds, and – means the curve does not reach that point. The *strongest "
         f"setting* is the one with the highest thief error among the settings that cost the "
         f"defender at most {COST_POINTS[-1]:g} points (– when none does). Null metrics (not "
-        "measured, or not finite) are left out of the means.",
+        "measured, or not finite) are left out of the means. Where several thieves (attacks, "
+        "and the label-only counter-attack) were measured, each scenario opens with the *worst "
+        "case*: every defense setting scored against its strongest thief.",
     ]
     if not rows:
         lines += ["", "No results yet."]
     scenario = None
+    worst = worst_case_groups(rows)
     for g in groups:
         if g.scenario != scenario:
             scenario = g.scenario
             r0 = g.rows[0]
             lines += ["", f"## {g.scenario} ({r0['model']} on {r0['dataset']}, pool {r0['pool']})"]
+            for s, budget, rs in worst:
+                if s == scenario:
+                    plot = worst_case_name(s, budget, worst)
+                    lines += _worst_case_section(s, budget, rs, plot)
         victim = mean(r["victim_acc"] for r in g.rows)
         seeds = ", ".join(str(s) for s in g.seeds)
         lines += [
@@ -495,7 +472,42 @@ def write_plots(rows: Sequence[Row], out_dir: str | Path) -> list[Path]:
         with atomic_target(target) as tmp:
             tradeoff_curves(curves, title=title, path=tmp, undefended=undefended)
         paths.append(target)
+    worst = worst_case_groups(rows)
+    for scenario, budget, rs in worst:
+        paths.append(
+            _write_worst_plot(scenario, budget, rs, out / worst_case_name(scenario, budget, worst))
+        )
     return paths
+
+
+def _write_worst_plot(scenario: str, budget: int, rows: Sequence[Row], target: Path) -> Path:
+    """Defender accuracy against the strongest thief's clone, one line per knob path."""
+    from stealproof.plots import TradeoffCurve, worst_case_curves
+
+    base, curves = worst_curves(rows, COST_POINTS)
+    per_defense = {c.defense: sum(1 for o in curves if o.defense == c.defense) for c in curves}
+
+    def line(name: str, points: Sequence[WorstPoint]) -> TradeoffCurve:
+        pts = [p for p in points if p.per_thief and not math.isnan(p.defender_acc)]
+        return TradeoffCurve(name, [p.defender_acc for p in pts], [math.nan] * len(pts),
+                             [p.clone_acc for p in pts])  # fmt: skip
+
+    def chain(c: WorstCurve) -> list[WorstPoint]:
+        return ([base] if base is not None else []) + list(c.points)
+
+    names = [
+        c.defense if per_defense[c.defense] == 1 else f"{c.defense} ({c.label})" for c in curves
+    ]
+    plotted = [line(n, chain(c)) for n, c in zip(names, curves, strict=True)]
+    thieves = [[p.thief for p in chain(c) if p.per_thief and not math.isnan(p.defender_acc)]
+               for c in curves]  # fmt: skip
+    undefended = line("none", [base]) if base is not None else None
+    seeds = sorted({int(r["seed"]) for r in rows})
+    title = (f"{scenario}: worst case over thieves, {budget} queries, "
+             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")  # fmt: skip
+    with atomic_target(target) as tmp:
+        worst_case_curves(plotted, title=title, path=tmp, undefended=undefended, thieves=thieves)
+    return target
 
 
 def _tradeoff_curve(cls: Any, name: str, ms: Sequence[SettingMean]) -> Any:
