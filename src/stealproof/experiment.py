@@ -178,11 +178,15 @@ class CloneCache:
         device: torch.device | str | None = None,
         progress: Progress | None = None,
         description: str = "clone",
+        architecture: str = "",
     ) -> nn.Module:
+        """The clone trained on ``transfer`` (``architecture`` names what ``make_clone``
+        builds, when clones of several architectures share this cache)."""
         targets = transfer.answers.argmax(dim=1) if label_only else transfer.answers
         if not label_only and bool((transfer.answers.max(dim=1).values == 1.0).all()):
             targets = transfer.answers.argmax(dim=1)  # one-hot answers: same as label-only
         key = _digest(transfer.images, targets) + config.model_dump_json() + str(seed)
+        key += "|" + architecture
         if key in self._clones:
             self.hits += 1
             return self._clones[key]

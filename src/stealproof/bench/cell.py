@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 from rich.progress import Progress
-from torch import Tensor
+from torch import Tensor, nn
 
 from stealproof import __version__, _progress, defenses, metrics
-from stealproof.attacks.base import clone_factory_like
+from stealproof.attacks import DATA_FREE_ATTACKS, AveragingBlackBox, create_jacobian_attack
+from stealproof.attacks.base import BlackBoxLike, CloneFactory, clone_factory_like
 from stealproof.attacks.knockoff import KnockoffConfig, KnockoffNets
 from stealproof.bench.cache import (
     ArtifactCache,
@@ -145,12 +146,15 @@ class Workspace:
             self._data_fps[key] = data_fingerprint(self.dataset(name, data_dir))
         return self._data_fps[key]
 
-    def pool(self, cell: Cell, ds: Dataset) -> Pool:
+    def pool(self, cell: Cell, ds: Dataset, name: str | None = None) -> Pool:
+        """A pool at the dataset's image shape, drawn with the cell's seed (default: the
+        scenario's pool)."""
         c, h, w = ds.input_shape
-        key = (cell.spec.pool, c, h, w, cell.seed, cell.data_dir)
+        name = name or cell.spec.pool
+        key = (name, c, h, w, cell.seed, cell.data_dir)
         if key not in self._pools:
             self._pools[key] = load_pool(
-                cell.spec.pool,
+                name,
                 channels=c,
                 image_size=(h, w),
                 seed=cell.seed,
@@ -227,6 +231,9 @@ def check_inputs(cells: list[Cell], ws: Workspace) -> None:
     for cell in cells:
         ds = ws.dataset(cell.spec.dataset, cell.data_dir)
         ws.pool(cell, ds)
+        thief = thief_pool(cell)
+        if thief is not None:
+            ws.pool(cell, ds, thief)
 
 
 def prepare_artifacts(
@@ -298,42 +305,108 @@ def build_defense(cell: Cell, ws: Workspace) -> Defense:
     return defense
 
 
+#: Attacks whose thief draws seed images from a pool and grows them by Jacobian steps.
+_JACOBIAN = ("jbda", "jb-self", "jb-top3")
+#: Attacks whose queries a generator synthesises (no pool).
+_DATA_FREE = ("dfme", "maze", "dast")
+
+
+def thief_pool(cell: Cell) -> str | None:
+    """The pool the cell's thief draws from: its ``pool`` axis, else the attack's default
+    (the scenario's pool for KnockoffNets, ``<dataset>-unlabeled`` for the Jacobian attacks);
+    None for the data-free attacks."""
+    if cell.attack in _DATA_FREE:
+        return None
+    chosen = cell.attack_params.get("pool")
+    if chosen:
+        return str(chosen)
+    return f"{cell.spec.dataset}-unlabeled" if cell.attack in _JACOBIAN else cell.spec.pool
+
+
+def _steal(
+    cell: Cell,
+    ws: Workspace,
+    box: BlackBox,
+    make_clone: CloneFactory,
+    ds: Dataset,
+    progress: Progress | None,
+) -> dict[bool, nn.Module]:
+    """Run the cell's thief against ``box``: its clone per ``label_only`` value."""
+    train_cfg = cell.spec.clone_training.model_copy(update={"seed": cell.seed})
+    average = int(cell.attack_params.get("average", 1))
+    thief: BlackBoxLike = box
+    if average > 1:
+        thief = AveragingBlackBox(box, copies=average, seed=cell.seed)
+    budget = cell.budget // average
+    pool_name = thief_pool(cell)
+    pool = ws.pool(cell, ds, pool_name) if pool_name is not None else None
+    arch = cell.attack_params.get("clone_model")
+    if cell.attack == "knockoff":
+        assert pool is not None
+        attack = KnockoffNets(
+            KnockoffConfig(
+                policy=cell.attack_params["policy"],
+                query_batch=cell.attack_params["query_batch"],
+                augment=cell.attack_params["augment"],
+                train=train_cfg,
+                seed=cell.seed,
+            )
+        )
+        transfer = attack.collect(thief, pool, budget, make_clone, progress=progress)
+        return {
+            lo: ws.clones.get(
+                make_clone,
+                transfer,
+                train_cfg,
+                label_only=lo,
+                seed=cell.seed,
+                device=ws.device,
+                progress=progress,
+                description=f"{cell.defense}: {'label-only ' if lo else ''}clone",
+                architecture=str(arch or ""),
+            )
+            for lo in cell.label_only
+        }
+    (label_only,) = cell.label_only
+    if cell.attack in _JACOBIAN:
+        assert pool is not None
+        jb = create_jacobian_attack(
+            cell.attack,
+            rounds=cell.attack_params.get("rounds"),
+            label_only=label_only,
+            seed=cell.seed,
+            train=train_cfg,
+        )
+        g = torch.Generator().manual_seed(cell.seed)
+        n = int(cell.attack_params.get("seed_images", 150))
+        seeds = pool.images[torch.randperm(len(pool), generator=g)[:n]]
+        result = jb.run(thief, seeds, budget, make_clone, device=ws.device, progress=progress)
+    else:
+        attack_cls = DATA_FREE_ATTACKS[cell.attack]
+        free = attack_cls(
+            label_only=label_only,
+            seed=cell.seed,
+            batch_size=int(cell.attack_params.get("batch_size", 256)),
+        )
+        result = free.run(thief, budget, make_clone, device=ws.device, progress=progress)
+    return {label_only: result.clone}
+
+
 def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> dict[str, Any]:
     """Run one cell and return its result row (see ``store.ROW_FIELDS``)."""
     spec = cell.spec
     ds = ws.dataset(spec.dataset, cell.data_dir)
     victim, meta = ws.victim(ws.victim_key(cell))
-    pool = ws.pool(cell, ds)
     start = time.perf_counter()  # the cell's own work; loading shared data is not counted
     defense = build_defense(cell, ws)
-    train_cfg = spec.clone_training.model_copy(update={"seed": cell.seed})
-    attack = KnockoffNets(
-        KnockoffConfig(
-            policy=cell.attack_params["policy"],
-            query_batch=cell.attack_params["query_batch"],
-            augment=cell.attack_params["augment"],
-            train=train_cfg,
-            seed=cell.seed,
-        )
-    )
     test_x, test_y = ds.test.images, ds.test.labels
-    make_clone = clone_factory_like(victim)
+    arch = cell.attack_params.get("clone_model")
+    make_clone = clone_factory_like(victim, arch)
     box = BlackBox(victim, defense, budget=cell.budget, client_id=f"thief-{cell.defense}")
     accs: dict[bool, tuple[float, float]] = {}
     with torch.random.fork_rng(devices=[]):  # any stray use of the global RNG is seeded too
         torch.manual_seed(cell.seed)
-        transfer = attack.collect(box, pool, cell.budget, make_clone, progress=progress)
-        for label_only in cell.label_only:
-            clone = ws.clones.get(
-                make_clone,
-                transfer,
-                train_cfg,
-                label_only=label_only,
-                seed=cell.seed,
-                device=ws.device,
-                progress=progress,
-                description=f"{cell.defense}: {'label-only ' if label_only else ''}clone",
-            )
+        for label_only, clone in _steal(cell, ws, box, make_clone, ds, progress).items():
             accs[label_only] = (
                 metrics.clone_accuracy(clone, test_x, test_y),
                 metrics.clone_fidelity(clone, victim, test_x),
@@ -345,7 +418,7 @@ def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> 
         "scenario": cell.scenario,
         "dataset": spec.dataset,
         "model": spec.model,
-        "pool": spec.pool,
+        "pool": thief_pool(cell) or "none (data-free)",
         "attack": cell.attack,
         "attack_params": dict(cell.attack_params),
         "defense": cell.defense,

@@ -84,24 +84,91 @@ class ScenarioSpec(BaseModel):
     )
 
 
-class KnockoffSpec(BaseModel):
+class ThiefSpec(BaseModel):
+    """The counter-moves every attack takes, each a grid axis.
+
+    ``label_only``: train the clone on the answers' top-1 labels; ``average``: answer each
+    query with the mean over that many augmented copies (each copy costs a row of the budget);
+    ``clone_model``: the clone's architecture (``same``: the victim's); ``pool``: the thief's
+    data (default: the scenario's pool for KnockoffNets, ``<dataset>-unlabeled`` — seed images
+    like the victim's — for the Jacobian attacks; data-free attacks use none).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label_only: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    average: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=lambda: [1], min_length=1
+    )
+    clone_model: list[str] = Field(default_factory=lambda: ["same"], min_length=1)
+    pool: list[str] = Field(default_factory=list, description="thief pools (default: see above)")
+
+    @field_validator("label_only", "average", "clone_model", "pool")
+    @classmethod
+    def _no_repeats(cls, v: list[Any]) -> list[Any]:
+        return _unique(v)
+
+    @field_validator("clone_model")
+    @classmethod
+    def _known_models(cls, v: list[str]) -> list[str]:
+        from stealproof.models import available_models
+
+        known = available_models()
+        for name in v:
+            if name != "same" and name not in known:
+                raise ValueError(unknown_name_message("clone model", name, ["same", *known]))
+        return v
+
+
+class KnockoffSpec(ThiefSpec):
     """KnockoffNets options; ``policy`` is a grid axis, ``label_only`` picks the clones trained.
 
     Every cell trains its clones on one transfer set: ``label_only: [false, true]`` (default)
     trains both the soft-label clone and the label-only counter-attack's clone.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     policy: list[Policy] = Field(default_factory=_default_policies, min_length=1)
     label_only: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
     query_batch: int = Field(128, ge=1, description="rows per black-box call")
     augment: bool = Field(True, description="augmented repeats once the pool is used up")
 
-    @field_validator("policy", "label_only")
+    @field_validator("policy")
     @classmethod
-    def _no_repeats(cls, v: list[Any]) -> list[Any]:
+    def _no_repeated_policy(cls, v: list[Any]) -> list[Any]:
         return _unique(v)
+
+
+def _until_the_budget() -> list[int | None]:
+    return [None]
+
+
+class JacobianSpec(ThiefSpec):
+    """JBDA, JB-self and JB-top3: seed images from the pool, then Jacobian augmentation rounds.
+
+    Each ``label_only`` value is its own cell (the substitute that picks the next queries is
+    trained on what the thief keeps, so the two runs query differently).
+    """
+
+    rounds: list[Annotated[int, Field(ge=0)] | None] = Field(
+        default_factory=_until_the_budget, min_length=1, description="None: until the budget"
+    )
+    seed_images: int = Field(150, ge=1, description="seed images drawn from the pool")
+
+
+class DataFreeSpec(ThiefSpec):
+    """DFME, MAZE and DaST: a generator synthesises every query; no pool.
+
+    Each ``label_only`` value is its own cell, as for the Jacobian attacks.
+    """
+
+    batch_size: int = Field(256, ge=2, description="generator samples per step")
+
+    @field_validator("pool")
+    @classmethod
+    def _no_pool(cls, v: list[str]) -> list[str]:
+        if v:
+            raise ValueError("data-free attacks use no pool")
+        return v
 
 
 #: Largest query budget of a cell (a larger one would not fit in memory anyway).
@@ -110,7 +177,15 @@ MAX_BUDGET = 100_000_000
 MAX_SEED = 2**31 - 2
 
 #: Attacks a config may name, with the model of their options.
-ATTACK_SPECS: dict[str, type[BaseModel]] = {"knockoff": KnockoffSpec}
+ATTACK_SPECS: dict[str, type[ThiefSpec]] = {
+    "knockoff": KnockoffSpec,
+    "jbda": JacobianSpec,
+    "jb-self": JacobianSpec,
+    "jb-top3": JacobianSpec,
+    "dfme": DataFreeSpec,
+    "maze": DataFreeSpec,
+    "dast": DataFreeSpec,
+}
 
 
 class BenchConfig(BaseModel):
@@ -175,9 +250,19 @@ class Cell(BaseModel):
 
 
 def attack_label(attack: str, attack_params: Mapping[str, Any]) -> str:
-    """Human label of an attack setting (its name plus the sampling policy, if any)."""
+    """Human label of an attack setting: its name, the sampling policy (if any) and the
+    counter-moves that differ from the default (``knockoff-random avg8 clone=mlp``)."""
     policy = attack_params.get("policy")
-    return f"{attack}-{policy}" if policy else attack
+    label = f"{attack}-{policy}" if policy else attack
+    if attack_params.get("rounds") is not None:
+        label += f" rounds={attack_params['rounds']}"
+    if attack_params.get("average", 1) != 1:
+        label += f" avg{attack_params['average']}"
+    if attack_params.get("clone_model", "same") != "same":
+        label += f" clone={attack_params['clone_model']}"
+    if attack_params.get("pool"):
+        label += f" pool={attack_params['pool']}"
+    return label
 
 
 def _resolve_training(where: str, base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -190,7 +275,7 @@ def _resolve_training(where: str, base: TrainConfig, overrides: dict[str, Any]) 
 
 
 def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
-    from stealproof.data import available_datasets, available_pools
+    from stealproof.data import available_datasets
     from stealproof.models import available_models
 
     where = f"scenarios[{i}]"
@@ -226,19 +311,7 @@ def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
     models = available_models()
     if model not in models:
         raise BenchConfigError(f"{where}.model: {unknown_name_message('model', model, models)}")
-    pools = [p for p in available_pools() if p not in ("file:PATH", "<dataset>-unlabeled")]
-    held_back = pool.removesuffix("-unlabeled") if pool.endswith("-unlabeled") else None
-    if pool.startswith("file:"):
-        path = pool.removeprefix("file:")
-        if held_back is not None and not Path(path).exists():
-            # file:PATH-unlabeled: the held-back split of dataset file:PATH
-            path = held_back.removeprefix("file:")
-        _check_file_pool(f"{where}.pool", path)
-    elif not (pool in pools or (held_back is not None and held_back in datasets)):
-        raise BenchConfigError(
-            f"{where}.pool: {unknown_name_message('pool', pool, pools)}, "
-            "<dataset>-unlabeled or file:PATH"
-        )
+    check_pool(f"{where}.pool", pool)
     scenario = Scenario(
         dataset=dataset,
         model=model,
@@ -251,6 +324,26 @@ def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
         ),
     )
     return spec.name or dataset, scenario
+
+
+def check_pool(where: str, pool: str) -> None:
+    """A pool name: built-in, ``<dataset>-unlabeled`` or ``file:PATH`` (checked on disk)."""
+    from stealproof.data import available_datasets, available_pools
+
+    datasets = [d for d in available_datasets() if d != "file:PATH"]
+    pools = [p for p in available_pools() if p not in ("file:PATH", "<dataset>-unlabeled")]
+    held_back = pool.removesuffix("-unlabeled") if pool.endswith("-unlabeled") else None
+    if pool.startswith("file:"):
+        path = pool.removeprefix("file:")
+        if held_back is not None and not Path(path).exists():
+            # file:PATH-unlabeled: the held-back split of dataset file:PATH
+            path = held_back.removeprefix("file:")
+        _check_file_pool(where, path)
+    elif not (pool in pools or (held_back is not None and held_back in datasets)):
+        raise BenchConfigError(
+            f"{where}: {unknown_name_message('pool', pool, pools)}, "
+            "<dataset>-unlabeled or file:PATH"
+        )
 
 
 def _check_file_pool(where: str, path: str) -> None:
@@ -351,9 +444,9 @@ def resolve_defenses(raw: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def resolve_attacks(raw: Mapping[str, Any]) -> dict[str, BaseModel]:
+def resolve_attacks(raw: Mapping[str, Any]) -> dict[str, ThiefSpec]:
     """Each attack's options, checked against :data:`ATTACK_SPECS`."""
-    out: dict[str, BaseModel] = {}
+    out: dict[str, ThiefSpec] = {}
     for name, value in raw.items():
         where = f"attacks.{name}"
         if name not in ATTACK_SPECS:
@@ -364,9 +457,11 @@ def resolve_attacks(raw: Mapping[str, Any]) -> dict[str, BaseModel]:
         if value is not None and not isinstance(value, dict):
             raise BenchConfigError(f"{where}: expected a mapping of options, got {value!r}")
         try:
-            out[name] = model.model_validate(value or {})
+            out[name] = spec = model.model_validate(value or {})
         except ValidationError as e:
             raise BenchConfigError(format_validation_error(e, prefix=where, model=model)) from None
+        for j, pool in enumerate(spec.pool):
+            check_pool(f"{where}.pool[{j}]", pool)
     return out
 
 
@@ -381,6 +476,65 @@ def _full_defense_config(name: str, params: dict[str, Any], seed: int) -> dict[s
     return cls.make_config(**full).model_dump(mode="json")
 
 
+def attack_settings(
+    attack: str, options: ThiefSpec
+) -> list[tuple[dict[str, Any], tuple[bool, ...]]]:
+    """Every (attack parameters, label-only clones) of one attack's axes.
+
+    Counter-moves at their defaults are left out of the parameters, so a cell's hash (and the
+    rows of an earlier run) do not change when an axis is added to the grid later. KnockoffNets
+    trains all its ``label_only`` clones in one cell, from one transfer set; the other attacks
+    run once per value.
+    """
+    moves = []
+    pools: list[str | None] = [*options.pool] or [None]
+    for average, clone_model, pool in itertools.product(
+        options.average, options.clone_model, pools
+    ):
+        extra: dict[str, Any] = {}
+        if average != 1:
+            extra["average"] = average
+        if clone_model != "same":
+            extra["clone_model"] = clone_model
+        if pool is not None:
+            extra["pool"] = pool
+        moves.append(extra)
+    out: list[tuple[dict[str, Any], tuple[bool, ...]]] = []
+    if isinstance(options, KnockoffSpec):
+        for policy in options.policy:
+            base = {
+                "policy": policy,
+                "query_batch": options.query_batch,
+                "augment": options.augment,
+            }
+            out += [({**base, **m}, tuple(options.label_only)) for m in moves]
+    elif isinstance(options, JacobianSpec):
+        for rounds, m, lo in itertools.product(options.rounds, moves, options.label_only):
+            out.append(({"rounds": rounds, "seed_images": options.seed_images, **m}, (lo,)))
+    else:
+        assert isinstance(options, DataFreeSpec)
+        for m, lo in itertools.product(moves, options.label_only):
+            out.append(({"batch_size": options.batch_size, **m}, (lo,)))
+    return out
+
+
+def _check_data_free_budgets(attacks: Mapping[str, ThiefSpec], budgets: list[int]) -> None:
+    """A data-free attack needs at least one iteration's rows (per averaged copy)."""
+    from stealproof.attacks import DATA_FREE_ATTACKS
+
+    for name, options in attacks.items():
+        if not isinstance(options, DataFreeSpec):
+            continue
+        per_iter = DATA_FREE_ATTACKS[name](batch_size=options.batch_size).rows_per_iteration()
+        need = per_iter * max(options.average)
+        if min(budgets) < need:
+            raise BenchConfigError(
+                f"attacks.{name}: one iteration spends {per_iter} rows (batch_size "
+                f"{options.batch_size}, average {max(options.average)}: {need}); the smallest "
+                f"budget is {min(budgets)} (lower batch_size or raise the budget)"
+            )
+
+
 def expand(config: BenchConfig) -> list[Cell]:
     """All cells of the grid, grouped by scenario and seed (the order they run in serially)."""
     scenarios: list[tuple[str, Scenario]] = []
@@ -393,18 +547,13 @@ def expand(config: BenchConfig) -> list[Cell]:
         scenarios.append((label, scenario))
     attacks = resolve_attacks(config.attacks)
     settings = resolve_defenses(config.defenses)
+    _check_data_free_budgets(attacks, config.budgets)
     cells: list[Cell] = []
     for (label, scenario), seed, budget in itertools.product(
         scenarios, config.seeds, config.budgets
     ):
         for attack, options in attacks.items():
-            assert isinstance(options, KnockoffSpec)
-            for policy in options.policy:
-                attack_params = {
-                    "policy": policy,
-                    "query_batch": options.query_batch,
-                    "augment": options.augment,
-                }
+            for attack_params, label_only in attack_settings(attack, options):
                 for defense, params_list in settings.items():
                     for params in params_list:
                         cells.append(
@@ -413,7 +562,7 @@ def expand(config: BenchConfig) -> list[Cell]:
                                 spec=scenario,
                                 attack=attack,
                                 attack_params=attack_params,
-                                label_only=tuple(options.label_only),
+                                label_only=label_only,
                                 defense=defense,
                                 params=params,
                                 defense_config=_full_defense_config(defense, params, seed),

@@ -1,0 +1,116 @@
+"""Every attack family as a benchmark grid axis, with the counter-moves as axes of each."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from stealproof.bench.config import BenchConfigError, attack_label, expand, parse_config
+
+BASE: dict[str, Any] = {
+    "name": "unit",
+    "scenarios": [{"name": "digits"}],
+    "defenses": {"none": [{}], "mad": {"eps": [0.5, 0.8]}},
+    "budgets": [600],
+    "seeds": [0],
+}
+
+
+def grid(**attacks: Any) -> dict[str, Any]:
+    return {**copy.deepcopy(BASE), "attacks": attacks}
+
+
+def error_of(data: Any) -> str:
+    with pytest.raises(BenchConfigError) as info:
+        parse_config(data, source="bad.yaml")
+    return str(info.value)
+
+
+def test_every_attack_family_expands_with_its_counter_moves() -> None:
+    cells = expand(
+        parse_config(
+            grid(
+                knockoff={
+                    "policy": ["random"],
+                    "average": [1, 8],
+                    "clone_model": ["same", "lenet"],
+                },
+                jbda={"label_only": [False, True], "rounds": [2, None]},
+                **{"jb-top3": {}, "jb-self": {"pool": ["digits-unlabeled", "mnist8"]}},
+                dfme={"batch_size": 32},
+                maze={"batch_size": 8},
+                dast={"label_only": [True], "batch_size": 32},
+            )
+        )
+    )
+    per_attack: dict[str, list[Any]] = {}
+    for c in cells:
+        per_attack.setdefault(c.attack, []).append(c)
+    defenses = 3  # none + two MAD settings
+    # knockoff: 2 averages × 2 architectures, both clones of a cell from one transfer set
+    assert len(per_attack["knockoff"]) == 4 * defenses
+    assert {c.label_only for c in per_attack["knockoff"]} == {(False, True)}
+    # the other families run once per label_only value
+    assert len(per_attack["jbda"]) == 2 * 2 * defenses
+    assert {c.label_only for c in per_attack["jbda"]} == {(False,), (True,)}
+    assert len(per_attack["jb-self"]) == 2 * defenses
+    assert len(per_attack["jb-top3"]) == len(per_attack["dfme"]) == defenses
+    assert {c.label_only for c in per_attack["dast"]} == {(True,)}
+    labels = {c.attack_label for c in cells}
+    assert {
+        "knockoff-random",
+        "knockoff-random avg8",
+        "knockoff-random clone=lenet",
+        "knockoff-random avg8 clone=lenet",
+        "jbda rounds=2",
+        "jbda",
+        "jb-self pool=digits-unlabeled",
+        "jb-self pool=mnist8",
+        "dfme",
+    } <= labels
+    assert len({c.cell_hash() for c in cells}) == len(cells)
+
+
+def test_default_knockoff_cells_keep_their_parameters_and_hashes() -> None:
+    """Counter-moves at their defaults are not written into a cell, so adding the axes does
+    not change the hash of any cell an earlier run finished."""
+    (cell, *_) = expand(parse_config(grid(knockoff={"policy": ["random"]})))
+    assert cell.attack_params == {"policy": "random", "query_batch": 128, "augment": True}
+    explicit = expand(
+        parse_config(grid(knockoff={"policy": ["random"], "average": [1], "clone_model": ["same"]}))
+    )[0]
+    assert explicit.cell_hash() == cell.cell_hash()
+
+
+def test_attack_labels() -> None:
+    assert attack_label("knockoff", {"policy": "adaptive"}) == "knockoff-adaptive"
+    assert attack_label("dfme", {"batch_size": 256}) == "dfme"
+    assert (
+        attack_label("jbda", {"rounds": 3, "average": 8, "clone_model": "mlp", "pool": "noise"})
+        == "jbda rounds=3 avg8 clone=mlp pool=noise"
+    )
+
+
+@pytest.mark.parametrize(
+    ("attacks", "needles"),
+    [
+        ({"jbdaa": {}}, ["attacks.jbdaa", "unknown attack", "jbda"]),
+        ({"knockoff": {"clone_model": ["resnet"]}}, ["clone_model", "unknown clone model",
+                                                      "resnet18"]),
+        ({"jbda": {"pool": ["nosuchpool"]}}, ["attacks.jbda.pool[0]", "unknown pool"]),
+        ({"dfme": {"pool": ["mnist8"]}}, ["attacks.dfme.pool", "data-free attacks use no pool"]),
+        ({"maze": {"batch_size": 256}}, ["attacks.maze: one iteration spends",
+                                         "smallest budget is 600"]),
+        ({"knockoff": {"average": [0]}}, ["attacks.knockoff.average[0]"]),
+        ({"jbda": {"label_only": [True, True]}}, ["label_only", "listed twice"]),
+        ({"jbda": {"rounds": [-1]}}, ["attacks.jbda.rounds[0]"]),
+    ],
+    ids=["unknown-attack", "clone-model", "pool", "data-free-pool", "budget", "average", "twice",
+         "rounds"],
+)  # fmt: skip
+def test_bad_attack_axes_name_the_key(attacks: dict[str, Any], needles: list[str]) -> None:
+    msg = error_of(grid(**attacks))
+    for needle in needles:
+        assert needle in msg, msg
