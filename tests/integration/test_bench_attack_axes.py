@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -62,3 +63,67 @@ def test_every_attack_family_runs_in_the_grid(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "### Worst case over 15 thieves, 300 queries" in report
     assert (out / "worstcase_digits.png").is_file()
+
+
+def test_victims_axis_ini_and_a_users_checkpoint(tmp_path: Path) -> None:
+    from stealproof.data import load_dataset
+    from stealproof.experiment import SCENARIOS, train_victim
+    from stealproof.models import save_checkpoint
+
+    ds = load_dataset("digits")
+    training = SCENARIOS["digits"].victim_training.model_copy(update={"epochs": 3})
+    mine, acc = train_victim(ds, "lenet", training, seed=3)
+    save_checkpoint(mine, tmp_path / "mine.pt", {"test_acc": acc})
+    grid = {
+        "name": "victims",
+        "scenarios": [
+            {"name": "digits", "victim_training": {"epochs": 3}, "clone_training": {"epochs": 3}}
+        ],
+        "attacks": {"knockoff": {}},
+        "victims": [
+            {},
+            {"training": "ini", "ini": {"epochs": 2}},
+            {"checkpoint": str(tmp_path / "mine.pt"), "label": "mine"},
+        ],
+        "defenses": {"none": [{}], "top1": [{}]},
+        "budgets": [200],
+        "seeds": [0, 1],
+    }
+    config = tmp_path / "victims.yaml"
+    config.write_text(yaml.safe_dump(grid, sort_keys=False))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = ResultStore(out).rows()
+    assert len(rows) == 3 * 2 * 2
+    # plain victims per seed, InI victims per seed, the checkpoint once (it has no seed)
+    assert len(list((out / "cache" / "victims").glob("*.pt"))) == 2 + 2 + 1
+    ini = [r for r in rows if r.get("victim") == "ini(epochs=2)"]
+    assert len(ini) == 4 and all(r["scenario"] == "digits" for r in ini)
+    mine_rows = [r for r in rows if r["scenario"] == "digits/mine"]
+    assert len(mine_rows) == 4 and all("victim" not in r for r in mine_rows)
+    assert all(r["victim_acc"] == pytest.approx(acc) for r in mine_rows)
+    assert all(r["model"] == "lenet" for r in mine_rows)
+    report = (out / "report.md").read_text()
+    assert "## digits/mine (lenet on digits" in report
+    worst = report.split("### Worst case", 1)[1].split("\n### ", 1)[0]
+    assert "| `ini(epochs=2)` |" in worst and "| `ini(epochs=2)+top1` |" in worst
+
+
+def test_a_checkpoint_for_other_images_is_refused_before_any_cell(tmp_path: Path) -> None:
+    from stealproof.models import create_model, save_checkpoint
+
+    save_checkpoint(create_model("lenet", image_size=(28, 28)), tmp_path / "big.pt", {})
+    grid = {
+        "scenarios": [{"name": "digits"}],
+        "victims": [{"checkpoint": str(tmp_path / "big.pt")}],
+        "defenses": {"none": [{}]},
+        "budgets": [100],
+    }
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(out)])
+    assert result.exit_code != 0
+    assert "takes images (1, 28, 28), the dataset has (1, 8, 8)" in result.output
+    assert not (out / "results.jsonl").exists() or ResultStore(out).rows() == []

@@ -114,3 +114,46 @@ def test_bad_attack_axes_name_the_key(attacks: dict[str, Any], needles: list[str
     msg = error_of(grid(**attacks))
     for needle in needles:
         assert needle in msg, msg
+
+
+# ----------------------------------------------------------------------------- victims
+
+
+def test_victims_axis_default_ini_and_checkpoint(tmp_path: Any) -> None:
+    plain = expand(parse_config(grid(knockoff={})))
+    explicit = expand(parse_config({**grid(knockoff={}), "victims": [{}]}))
+    assert [c.cell_hash() for c in plain] == [c.cell_hash() for c in explicit]
+    assert all(c.victim is None for c in plain)
+    ckpt = tmp_path / "mine.pt"
+    ckpt.write_bytes(b"not read at load, only hashed")
+    victims = [{}, {"training": "ini", "ini": {"epochs": 3}}, {"checkpoint": str(ckpt)}]
+    cells = expand(parse_config({**grid(knockoff={}), "victims": victims}))
+    assert len(cells) == 3 * len(plain)
+    ini = {c.victim["label"] for c in cells if c.victim and c.victim.get("training") == "ini"}
+    assert ini == {"ini(epochs=3)"}
+    ini_cell = next(c for c in cells if c.victim and c.victim.get("training") == "ini")
+    assert ini_cell.victim is not None and ini_cell.victim["ini"]["epochs"] == 3
+    assert ini_cell.victim["ood"] == "shapes" and ini_cell.victim["ini"]["gamma"] == 0.3
+    labels = {c.victim["label"] for c in cells if c.victim and c.victim.get("checkpoint")}
+    assert labels == {"victim:mine"}
+    assert len({c.cell_hash() for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize(
+    ("victims", "needles"),
+    [
+        ([{"checkpoint": "/nonexistent/v.pt"}], ["victims[0].checkpoint", "no such file"]),
+        ([{"checkpoint": "x.pt", "training": "ini"}], ["already trained"]),
+        ([{"ini": {"epochs": 2}}], ["training: ini only"]),
+        ([{"training": "ini", "ini": {"epochz": 2}}], ["victims[0].ini.epochz", "unknown"]),
+        ([{"training": "ini", "ood": "nope"}], ["victims[0].ood", "unknown pool"]),
+        ([{"training": "ini"}, {"training": "ini"}], ["victims[1]", "'ini' is already listed"]),
+        ([{"training": "fancy"}], ["victims[0].training"]),
+    ],
+    ids=["missing-file", "checkpoint-and-training", "ini-without-ini", "ini-option", "ood",
+         "twice", "training"],
+)  # fmt: skip
+def test_bad_victims_name_the_key(victims: list[Any], needles: list[str]) -> None:
+    msg = error_of({**grid(knockoff={}), "victims": victims})
+    for needle in needles:
+        assert needle in msg, msg

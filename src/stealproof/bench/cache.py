@@ -74,21 +74,59 @@ def data_fingerprint(ds: Dataset) -> str:
     return tensor_fingerprint(ds.train.images, ds.train.labels, ds.test.images, ds.test.labels)
 
 
-def victim_key_content(spec: Scenario, seed: int, data: str) -> dict[str, Any]:
-    """Everything that shapes a victim: dataset (name and contents), model, training, seed."""
-    return {
-        "kind": "victim",
-        "dataset": spec.dataset,
-        "data": data,
-        "model": spec.model,
-        "training": spec.victim_training.model_dump(mode="json"),
-        "seed": seed,
-    }
+def victim_key_content(
+    spec: Scenario, seed: int, data: str, victim: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything that shapes a victim: dataset (name and contents), model, training, seed.
+
+    ``victim`` (a cell's resolved victim setting; None: the scenario's plain training) adds
+    InI's config and OOD pool, or names a checkpoint by the hash of its bytes (then neither the
+    training nor the seed shapes it).
+    """
+    content: dict[str, Any] = {"kind": "victim", "dataset": spec.dataset, "data": data}
+    if victim is not None and victim.get("checkpoint"):
+        return {**content, "checkpoint_sha256": victim["sha256"]}
+    content.update(
+        model=spec.model, training=spec.victim_training.model_dump(mode="json"), seed=seed
+    )
+    if victim is not None:
+        content["victim"] = {k: victim[k] for k in sorted(victim) if k != "label"}
+    return content
 
 
-def victim_key(spec: Scenario, seed: int, data: str) -> str:
+def victim_key(
+    spec: Scenario, seed: int, data: str, victim: Mapping[str, Any] | None = None
+) -> str:
     """Key of the victim a scenario trains with ``seed`` on data with fingerprint ``data``."""
-    return stable_hash(victim_key_content(spec, seed, data))[:32]
+    return stable_hash(victim_key_content(spec, seed, data, victim))[:32]
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint victim's identity)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checkpoint_victim(path: str, dataset: Dataset) -> tuple[Classifier, float]:
+    """A user's victim checkpoint, checked to take the dataset's images and classes, and its
+    accuracy on the dataset's test split."""
+    from stealproof.metrics import clone_accuracy
+
+    model, _ = load_checkpoint(path)
+    if tuple(model.input_shape) != tuple(dataset.input_shape):
+        raise CacheError(
+            f"victim checkpoint {path}: takes images {tuple(model.input_shape)}, the dataset "
+            f"has {tuple(dataset.input_shape)}"
+        )
+    if model.num_classes != dataset.num_classes:
+        raise CacheError(
+            f"victim checkpoint {path}: has {model.num_classes} classes, the dataset "
+            f"{dataset.num_classes}"
+        )
+    return model.eval(), clone_accuracy(model, dataset.test.images, dataset.test.labels)
 
 
 def builds_models(cls: type[Defense]) -> bool:
@@ -179,35 +217,53 @@ class ArtifactCache:
         seed: int,
         dataset: Dataset,
         *,
+        victim: Mapping[str, Any] | None = None,
+        data_dir: str | None = None,
         device: torch.device | str | None = None,
         progress: Progress | None = None,
     ) -> str:
-        """Train and store the victim unless a valid entry is cached; return its key.
+        """Train (or copy in) and store the victim unless a valid entry is cached; return its key.
 
-        An entry that is present but unusable (stamp mismatch, corrupt file) is rebuilt, with a
-        logged warning that says why.
+        ``victim`` is a cell's resolved victim setting (None: the scenario's plain training;
+        ``training: ini``: :func:`stealproof.ini.train_ini_victim`; ``checkpoint``: the file,
+        checked against the dataset). An entry that is present but unusable (stamp mismatch,
+        corrupt file) is rebuilt, with a logged warning that says why.
         """
-        content = victim_key_content(spec, seed, data_fingerprint(dataset))
+        content = victim_key_content(spec, seed, data_fingerprint(dataset), victim)
         key = stable_hash(content)[:32]
         problem = self.victim_problem(key)
         if problem is None:
             return key
         if problem != "missing":
             log.warning("cache: %s; rebuilding it", problem)
-        victim, acc = train_victim(
-            dataset, spec.model, spec.victim_training, seed=seed, device=device, progress=progress
-        )
-        victim = victim.cpu()
-        meta = {
-            "dataset": spec.dataset,
-            "model": spec.model,
-            "seed": seed,
-            "test_acc": acc,
-            "training": spec.victim_training.model_dump(mode="json"),
-            "stamp": make_stamp(victim, content),
-        }
+        meta: dict[str, Any] = {"dataset": spec.dataset, "seed": seed}
+        if victim is not None and victim.get("checkpoint"):
+            model, acc = _checkpoint_victim(str(victim["checkpoint"]), dataset)
+            meta.update(model=model.spec.name, checkpoint=str(victim["checkpoint"]))
+        elif victim is not None and victim.get("training") == "ini":
+            from stealproof.ini import IniConfig, train_ini_victim
+
+            model, acc, _ = train_ini_victim(
+                dataset,
+                spec.model,
+                IniConfig.model_validate(victim["ini"]),
+                str(victim["ood"]),
+                seed=seed,
+                data_dir=data_dir,
+                device=device,
+                progress=progress,
+            )
+            meta.update(model=spec.model, training="ini", ini=dict(victim["ini"]))
+        else:
+            model, acc = train_victim(
+                dataset, spec.model, spec.victim_training, seed=seed, device=device,
+                progress=progress,
+            )  # fmt: skip
+            meta.update(model=spec.model, training=spec.victim_training.model_dump(mode="json"))
+        model = model.cpu()
+        meta.update(test_acc=acc, stamp=make_stamp(model, content))
         with atomic_target(self.victim_path(key)) as tmp:
-            save_checkpoint(victim, tmp, meta)
+            save_checkpoint(model, tmp, meta)
         return key
 
     def load_victim(self, key: str) -> tuple[Classifier, dict[str, Any]]:

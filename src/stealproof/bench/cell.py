@@ -165,7 +165,7 @@ class Workspace:
     def victim_key(self, cell: Cell) -> str:
         """Cache key of the cell's victim (scenario, seed and the dataset's contents)."""
         fp = self.data_fingerprint(cell.spec.dataset, cell.data_dir)
-        return victim_key(cell.spec, cell.seed, fp)
+        return victim_key(cell.spec, cell.seed, fp, cell.victim)
 
     def query_log(self, cell: Cell) -> tuple[Tensor, str]:
         """The defender's log of earlier queries and its fingerprint.
@@ -255,7 +255,13 @@ def prepare_artifacts(
                 cell = victims[key]
                 ds = ws.dataset(cell.spec.dataset, cell.data_dir)
                 ws.cache.ensure_victim(
-                    cell.spec, cell.seed, ds, device=ws.device, progress=progress
+                    cell.spec,
+                    cell.seed,
+                    ds,
+                    victim=cell.victim,
+                    data_dir=cell.data_dir,
+                    device=ws.device,
+                    progress=progress,
                 )
                 step(1)
     bundles: dict[str, tuple[Cell, dict[str, Any]]] = {}
@@ -414,10 +420,18 @@ def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> 
     cost = defense_cost(victim, defense, test_x, test_y)
     reading = box.meter()
     soft, hard = accs.get(False), accs.get(True)
+    # an InI victim is a defense of the scenario's victim (its own curves against the plain
+    # undefended one); a user's checkpoint is another victim (its own section of the report)
+    scenario, extra = cell.scenario, {}
+    if cell.victim is not None and cell.victim.get("checkpoint"):
+        scenario = f"{cell.scenario}/{cell.victim['label']}"
+    elif cell.victim is not None:
+        extra = {"victim": cell.victim["label"]}
     return {
-        "scenario": cell.scenario,
+        **extra,
+        "scenario": scenario,
         "dataset": spec.dataset,
-        "model": spec.model,
+        "model": victim.spec.name,
         "pool": thief_pool(cell) or "none (data-free)",
         "attack": cell.attack,
         "attack_params": dict(cell.attack_params),

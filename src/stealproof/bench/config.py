@@ -171,6 +171,54 @@ class DataFreeSpec(ThiefSpec):
         return v
 
 
+class VictimSpec(BaseModel):
+    """How the scenario's victim is made: the scenario's plain training (default), InI
+    training (``training: ini`` with ``ini:`` options of :class:`stealproof.ini.IniConfig` and
+    its OOD proxy pool ``ood``), or a user's trained model (``checkpoint: PATH``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    training: Literal["plain", "ini"] = "plain"
+    ini: dict[str, Any] = Field(default_factory=dict, description="IniConfig fields (ini only)")
+    ood: str = Field("shapes", description="InI's OOD proxy pool (ini only)")
+    checkpoint: str | None = Field(None, description="a trained victim's checkpoint file")
+    label: str | None = Field(None, description="its name in the report (default: from above)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VictimSpec:
+        if self.checkpoint is not None and self.training != "plain":
+            raise ValueError("a checkpoint victim is already trained: drop training")
+        if self.training != "ini" and (self.ini or self.ood != "shapes"):
+            raise ValueError("ini and ood apply to training: ini only")
+        return self
+
+    def resolved(self, where: str) -> dict[str, Any] | None:
+        """The cell's victim setting (None: plain training), checked; InI's config in full."""
+        if self.checkpoint is not None:
+            from stealproof.bench.cache import file_sha256
+
+            path = Path(self.checkpoint)
+            if not path.is_file():
+                raise BenchConfigError(f"{where}.checkpoint: {path}: no such file")
+            return {"checkpoint": str(path.resolve()), "sha256": file_sha256(path),
+                    "label": self.label or f"victim:{path.stem}"}  # fmt: skip
+        if self.training == "plain":
+            return None
+        from stealproof.ini import IniConfig
+
+        try:
+            cfg = IniConfig.model_validate(self.ini)
+        except ValidationError as e:
+            raise BenchConfigError(
+                format_validation_error(e, prefix=f"{where}.ini", model=IniConfig)
+            ) from None
+        check_pool(f"{where}.ood", self.ood)
+        shown = ",".join(f"{k}={v}" for k, v in self.ini.items())
+        label = self.label or (f"ini({shown})" if shown else "ini")
+        return {"training": "ini", "ini": cfg.model_dump(mode="json"), "ood": self.ood,
+                "label": label}  # fmt: skip
+
+
 #: Largest query budget of a cell (a larger one would not fit in memory anyway).
 MAX_BUDGET = 100_000_000
 #: Largest seed (every RNG the benchmark seeds accepts it, ``seed + 1`` included).
@@ -197,6 +245,7 @@ class BenchConfig(BaseModel):
     description: str = ""
     scenarios: list[ScenarioSpec] = Field(min_length=1)
     attacks: dict[str, Any] = Field(default_factory=lambda: {"knockoff": {}}, min_length=1)
+    victims: list[VictimSpec] = Field(default_factory=lambda: [VictimSpec()], min_length=1)
     defenses: dict[str, Any] = Field(min_length=1)
     budgets: list[Annotated[int, Field(ge=1, le=MAX_BUDGET)]] = Field(min_length=1)
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
@@ -233,11 +282,14 @@ class Cell(BaseModel):
     defense_config: dict[str, Any] = Field(description="the full defense config, seed included")
     budget: int
     seed: int
+    victim: dict[str, Any] | None = Field(None, description="None: the scenario's training")
     data_dir: str | None = Field(None, description="where data files live (not hashed)")
 
     def key(self) -> dict[str, Any]:
-        """The hashed content: everything except where the data files happen to live."""
-        return self.model_dump(mode="json", exclude={"data_dir"})
+        """The hashed content: everything except where the data files happen to live (and the
+        victim setting when it is the default, so older cells keep their hashes)."""
+        exclude = {"data_dir"} | ({"victim"} if self.victim is None else set())
+        return self.model_dump(mode="json", exclude=exclude)
 
     def cell_hash(self) -> str:
         """Stable SHA-256 of :meth:`key` (independent of the package version)."""
@@ -548,9 +600,14 @@ def expand(config: BenchConfig) -> list[Cell]:
     attacks = resolve_attacks(config.attacks)
     settings = resolve_defenses(config.defenses)
     _check_data_free_budgets(attacks, config.budgets)
+    victims = [v.resolved(f"victims[{i}]") for i, v in enumerate(config.victims)]
+    labels = [v["label"] if v else "plain" for v in victims]
+    for i, name in enumerate(labels):
+        if name in labels[:i]:
+            raise BenchConfigError(f"victims[{i}]: a victim labelled {name!r} is already listed")
     cells: list[Cell] = []
-    for (label, scenario), seed, budget in itertools.product(
-        scenarios, config.seeds, config.budgets
+    for (label, scenario), seed, budget, victim in itertools.product(
+        scenarios, config.seeds, config.budgets, victims
     ):
         for attack, options in attacks.items():
             for attack_params, label_only in attack_settings(attack, options):
@@ -568,6 +625,7 @@ def expand(config: BenchConfig) -> list[Cell]:
                                 defense_config=_full_defense_config(defense, params, seed),
                                 budget=budget,
                                 seed=seed,
+                                victim=victim,
                                 data_dir=config.data_dir,
                             )
                         )

@@ -18,6 +18,16 @@ from stealproof.fingerprint import canonical_json
 Row = Mapping[str, Any]
 
 
+def defense_of(row: Row) -> str:
+    """The defense a row measured, as the report names it: its output defense, after the
+    victim when that is not the scenario's plain one (``ini+mad``; ``ini`` with no output
+    defense), so each combination is its own curve."""
+    layers = [str(row["victim"])] if row.get("victim") else []
+    if row["defense"] != "none" or not layers:
+        layers.append(str(row["defense"]))
+    return "+".join(layers)
+
+
 def setting_key(params: Mapping[str, Any]) -> str:
     return canonical_json(dict(params))
 
@@ -94,7 +104,7 @@ def knob_paths(rows: Sequence[Row], defense: str) -> list[Curve]:
     params: dict[str, Mapping[str, Any]] = {}
     effective: dict[str, dict[str, Any]] = {}
     for r in rows:
-        if r["defense"] != defense:
+        if defense_of(r) != defense:
             continue
         k = setting_key(r["params"])
         if k not in params:

@@ -29,6 +29,7 @@ from stealproof.bench.config import attack_label
 from stealproof.bench.curves import (
     Curve,
     _is_number,
+    defense_of,
     knob_paths,
     setting_key,
     setting_text,
@@ -55,11 +56,11 @@ class Group:
     @property
     def defenses(self) -> list[str]:
         """Defense names, ``none`` first, then in the order they appear."""
-        names = list(dict.fromkeys(r["defense"] for r in self.rows))
+        names = list(dict.fromkeys(defense_of(r) for r in self.rows))
         return sorted(names, key=lambda n: n != "none")
 
     def of(self, defense: str) -> list[Row]:
-        return [r for r in self.rows if r["defense"] == defense]
+        return [r for r in self.rows if defense_of(r) == defense]
 
     @property
     def seeds(self) -> list[int]:

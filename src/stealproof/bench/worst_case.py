@@ -20,7 +20,7 @@ from typing import Any
 
 from stealproof import metrics
 from stealproof.bench.config import attack_label
-from stealproof.bench.curves import knob_paths, setting_key
+from stealproof.bench.curves import defense_of, knob_paths, setting_key
 
 Row = Mapping[str, Any]
 
@@ -87,7 +87,7 @@ def worst_points(rows: Sequence[Row]) -> dict[tuple[str, str], WorstPoint]:
     defender: dict[tuple[str, str], list[float]] = {}
     params: dict[tuple[str, str], Mapping[str, Any]] = {}
     for r in rows:
-        key = (str(r["defense"]), setting_key(r["params"]))
+        key = (defense_of(r), setting_key(r["params"]))
         params.setdefault(key, r["params"])
         d = _finite(r.get("defender_acc"))
         if d is not None:
@@ -109,7 +109,7 @@ def worst_curves(
     points = worst_points(rows)
     nones = [p for (d, _), p in points.items() if d == "none" and p.per_thief]
     base = nones[0] if nones else None
-    defenses = list(dict.fromkeys(str(r["defense"]) for r in rows if r["defense"] != "none"))
+    defenses = list(dict.fromkeys(d for r in rows if (d := defense_of(r)) != "none"))
     curves = []
     for d in defenses:
         for path in knob_paths(rows, d):
