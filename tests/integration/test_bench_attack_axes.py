@@ -127,3 +127,54 @@ def test_a_checkpoint_for_other_images_is_refused_before_any_cell(tmp_path: Path
     assert result.exit_code != 0
     assert "takes images (1, 28, 28), the dataset has (1, 8, 8)" in result.output
     assert not (out / "results.jsonl").exists() or ResultStore(out).rows() == []
+
+
+def test_policy_cells_stop_the_thief_and_score_the_benign_client_through_the_policy(
+    tmp_path: Path,
+) -> None:
+    grid = {
+        "name": "policies",
+        "scenarios": [
+            {"name": "digits", "victim_training": {"epochs": 5}, "clone_training": {"epochs": 3}}
+        ],
+        "attacks": {"jbda": {"rounds": [3]}},
+        "policies": [
+            None,
+            {"max_flagged": 40, "label": "prada-auto"},
+            # δ = 1: every tested window is flagged, so the benign client is blocked too
+            {"prada": {"delta": 1.0}, "max_flagged": 50, "label": "prada-strict"},
+        ],
+        "defenses": {"none": [{}]},
+        "budgets": [600],
+        "seeds": [0],
+    }
+    config = tmp_path / "policies.yaml"
+    config.write_text(yaml.safe_dump(grid, sort_keys=False))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r.get("policy"): r for r in ResultStore(out).rows()}
+    free, auto, strict = rows[None], rows["prada-auto"], rows["prada-strict"]
+    assert free["queries_used"] == 600 and "thief_blocked_at" not in free
+    # the JBDA thief is caught by the calibrated policy: it stops at the block (the batch that
+    # crossed the threshold is still answered) and keeps the clone it had
+    assert auto["thief_blocked_at"] is not None
+    assert auto["thief_blocked_at"] <= auto["queries_used"] < 600
+    assert auto["queries_used"] - auto["thief_blocked_at"] < 128  # one query batch at most
+    assert auto["clone_acc"] is not None
+    # the benign client streams the test set through the same calibrated policy: no false
+    # flags, so its accuracy is the undefended one
+    assert 0 < auto["prada_delta"] < 1
+    assert auto["benign_blocked_at"] is None and auto["benign_flagged_rows"] == 0
+    assert auto["defender_acc"] == free["defender_acc"] == auto["defender_acc_unpoliced"]
+    # a policy that flags everyone blocks the benign client too: refused rows count as wrong
+    assert strict["benign_blocked_at"] is not None and strict["benign_flagged_rows"] >= 50
+    from stealproof.data import load_dataset
+
+    n_test = len(load_dataset("digits").test.labels)
+    answered = strict["benign_blocked_at"] + 10  # the crossing call (10 rows) is answered
+    assert strict["defender_acc"] <= answered / n_test
+    assert strict["defender_acc"] < strict["defender_acc_unpoliced"] - 0.1
+    report = (out / "report.md").read_text()
+    table = report.split("### jbda rounds=3, 600 queries", 1)[1]
+    assert "| `prada-auto` |" in table and "| `prada-strict` |" in table

@@ -157,3 +157,39 @@ def test_bad_victims_name_the_key(victims: list[Any], needles: list[str]) -> Non
     msg = error_of({**grid(knockoff={}), "victims": victims})
     for needle in needles:
         assert needle in msg, msg
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+def test_policies_axis_labels_and_hashes() -> None:
+    plain = expand(parse_config(grid(knockoff={})))
+    none = expand(parse_config({**grid(knockoff={}), "policies": [None]}))
+    assert [c.cell_hash() for c in plain] == [c.cell_hash() for c in none]
+    policies = [None, {"max_flagged": 40}, {"prada": {"delta": 0.95}, "window": 100, "ratio": 0.5}]
+    cells = expand(parse_config({**grid(knockoff={}), "policies": policies}))
+    assert len(cells) == 3 * len(plain)
+    labels = {c.policy["label"] for c in cells if c.policy}
+    assert labels == {"prada(max_flagged=40)", "prada(window=100,ratio=0.5,delta=0.95)"}
+    auto = next(c for c in cells if c.policy and c.policy["label"] == "prada(max_flagged=40)")
+    assert auto.policy is not None and auto.policy["prada"]["delta"] == "auto"
+    assert auto.policy["rules"] == {"max_flagged": 40, "window": None, "ratio": None}
+    assert len({c.cell_hash() for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize(
+    ("policies", "needles"),
+    [
+        ([{"detectors": ["guardian"]}], ["policies[0].detectors[0]"]),
+        ([{"window": 100}], ["policies[0]", "window and ratio: set both or neither"]),
+        ([{"prada": {"delta": 1.5}}], ["policies[0].prada.delta"]),
+        ([{"prada": {"deltaa": 0.9}}], ["policies[0].prada.deltaa", "unknown"]),
+        ([{"deceptive": "nonsense"}], ["policies[0].deceptive", "unknown defense"]),
+        ([{}, {}], ["policies[1]", "'prada' is already listed"]),
+    ],
+    ids=["detector", "window", "delta", "prada-key", "deceptive", "twice"],
+)
+def test_bad_policies_name_the_key(policies: list[Any], needles: list[str]) -> None:
+    msg = error_of({**grid(knockoff={}), "policies": policies})
+    for needle in needles:
+        assert needle in msg, msg

@@ -31,6 +31,7 @@ from stealproof.bench.cache import (
     victim_key,
 )
 from stealproof.bench.config import BenchConfig, Cell, expand
+from stealproof.bench.policies import auto_delta, benign_view, build_policy
 from stealproof.bench.store import ResultStore, row_version
 from stealproof.data.datasets import Dataset, load_dataset
 from stealproof.data.pools import Pool, load_pool
@@ -131,7 +132,22 @@ class Workspace:
     _victims: dict[str, tuple[Classifier, dict[str, Any]]] = field(default_factory=dict)
     _models: dict[str, dict[str, Any]] = field(default_factory=dict)
     _group: tuple[Any, ...] | None = None
+    _deltas: dict[tuple[str, str], float] = field(default_factory=dict)
     clones: CloneCache = field(default_factory=CloneCache)
+
+    def prada_delta(self, cell: Cell) -> float:
+        """PRADA's δ of the cell's policy: as configured, or calibrated once per victim."""
+        assert cell.policy is not None
+        delta = cell.policy["prada"]["delta"]
+        if delta != "auto":
+            return float(delta)
+        vkey = self.victim_key(cell)
+        key = (vkey, stable_hash({k: cell.policy[k] for k in ("prada", "margin")}))
+        if key not in self._deltas:
+            victim, _ = self.victim(vkey)
+            ds = self.dataset(cell.spec.dataset, cell.data_dir)
+            self._deltas[key] = auto_delta(victim, ds, cell.policy, cell.seed)
+        return self._deltas[key]
 
     def dataset(self, name: str, data_dir: str | None) -> Dataset:
         key = (name, data_dir)
@@ -408,7 +424,13 @@ def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> 
     test_x, test_y = ds.test.images, ds.test.labels
     arch = cell.attack_params.get("clone_model")
     make_clone = clone_factory_like(victim, arch)
-    box = BlackBox(victim, defense, budget=cell.budget, client_id=f"thief-{cell.defense}")
+    policy, delta = None, None
+    if cell.policy is None:
+        box = BlackBox(victim, defense, budget=cell.budget, client_id=f"thief-{cell.defense}")
+    else:
+        delta = ws.prada_delta(cell)
+        policy = build_policy(cell.policy, defense, delta)
+        box = BlackBox(victim, policy=policy, budget=cell.budget, client_id="thief")
     accs: dict[bool, tuple[float, float]] = {}
     with torch.random.fork_rng(devices=[]):  # any stray use of the global RNG is seeded too
         torch.manual_seed(cell.seed)
@@ -419,6 +441,22 @@ def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> 
             )
     cost = defense_cost(victim, defense, test_x, test_y)
     reading = box.meter()
+    defender_acc = cost.defender_acc
+    extra_policy: dict[str, Any] = {}
+    if policy is not None and cell.policy is not None:
+        thief = box.policy_status()
+        assert thief is not None
+        benign = benign_view(victim, policy, ds, cell.policy["benign_batch"], cell.seed)
+        defender_acc = benign.accuracy
+        extra_policy = {
+            "policy": cell.policy["label"],
+            "prada_delta": delta,
+            "thief_flagged_rows": thief.flagged_rows,
+            "thief_blocked_at": thief.blocked_at,
+            "benign_flagged_rows": benign.flagged_rows,
+            "benign_blocked_at": benign.blocked_at,
+            "defender_acc_unpoliced": cost.defender_acc,
+        }
     soft, hard = accs.get(False), accs.get(True)
     # an InI victim is a defense of the scenario's victim (its own curves against the plain
     # undefended one); a user's checkpoint is another victim (its own section of the report)
@@ -427,6 +465,7 @@ def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> 
         scenario = f"{cell.scenario}/{cell.victim['label']}"
     elif cell.victim is not None:
         extra = {"victim": cell.victim["label"]}
+    extra.update(extra_policy)
     return {
         **extra,
         "scenario": scenario,
@@ -441,7 +480,7 @@ def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> 
         "budget": cell.budget,
         "queries_used": reading.rows,
         "victim_acc": meta.get("test_acc"),
-        "defender_acc": cost.defender_acc,
+        "defender_acc": defender_acc,
         "l1_queries": reading.mean_l1,
         "kl_queries": reading.mean_kl,
         "l1_test": cost.l1_mean,

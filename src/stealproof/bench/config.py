@@ -219,6 +219,83 @@ class VictimSpec(BaseModel):
                 "label": label}  # fmt: skip
 
 
+DetectorName = Literal["prada"]
+
+
+def _prada_only() -> list[DetectorName]:
+    return ["prada"]
+
+
+class PolicySpec(BaseModel):
+    """A detection policy in front of the cell's defense (ALGORITHMS.md §3): detectors flag
+    rows, flagged rows get the ``deceptive`` answer, and a client is blocked once a termination
+    rule fires. The thief's stream and a benign client's stream (the defender's test images)
+    both go through it; the row's ``defender_acc`` is the benign client's accuracy, a refused
+    row counting as wrong. PRADA's ``delta: auto`` is calibrated on benign streams of the
+    defender's training images (the largest δ with no flag, less ``margin``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detectors: list[DetectorName] = Field(default_factory=_prada_only, min_length=1)
+    prada: dict[str, Any] = Field(default_factory=dict, description="PradaConfig fields")
+    margin: float = Field(0.02, ge=0, lt=1, description="subtracted from an auto δ")
+    max_flagged: int | None = Field(1000, ge=1, description="block after this many flags")
+    window: int | None = Field(None, ge=1, description="rows of the flagged-share rule")
+    ratio: float | None = Field(None, gt=0, le=1, description="block at this flagged share")
+    deceptive: str | None = Field(None, description="defense for flagged rows (None: deceptive)")
+    benign_batch: int = Field(10, ge=1, description="rows per call of the benign client")
+    label: str | None = Field(None, description="its name in the report")
+
+    @field_validator("detectors")
+    @classmethod
+    def _no_repeated_detector(cls, v: list[str]) -> list[str]:
+        return _unique(v)
+
+    def resolved(self, where: str) -> dict[str, Any]:
+        """The cell's policy setting, every part checked (δ may stay ``"auto"``)."""
+        from stealproof import defenses
+        from stealproof.detectors.prada import PradaConfig
+        from stealproof.policy import PolicyConfig
+
+        rules = {"max_flagged": self.max_flagged, "window": self.window, "ratio": self.ratio}
+        try:
+            PolicyConfig(**rules)
+        except ValidationError as e:
+            raise BenchConfigError(
+                format_validation_error(e, prefix=where, model=PolicyConfig)
+            ) from None
+        prada = dict(self.prada)
+        auto = prada.get("delta", "auto") == "auto"
+        try:
+            checked = PradaConfig.model_validate(
+                {k: v for k, v in prada.items() if k != "delta"}
+                | ({} if auto else {"delta": prada["delta"]})
+            )
+        except ValidationError as e:
+            raise BenchConfigError(
+                format_validation_error(e, prefix=f"{where}.prada", model=PradaConfig)
+            ) from None
+        prada_full = checked.model_dump(mode="json") | ({"delta": "auto"} if auto else {})
+        if self.deceptive is not None and self.deceptive not in defenses.available():
+            raise BenchConfigError(
+                f"{where}.deceptive: "
+                + unknown_name_message("defense", self.deceptive, defenses.available())
+            )
+        given = self.model_dump(exclude_defaults=True, exclude={"label", "detectors"})
+        shown = ",".join(f"{k}={v}" for k, v in given.items() if k != "prada")
+        shown = ",".join(x for x in [shown, *(f"{k}={v}" for k, v in prada.items())] if x)
+        label = self.label or "+".join(self.detectors) + (f"({shown})" if shown else "")
+        return {
+            "detectors": list(self.detectors),
+            "prada": prada_full,
+            "margin": self.margin,
+            "rules": rules,
+            "deceptive": self.deceptive,
+            "benign_batch": self.benign_batch,
+            "label": label,
+        }
+
+
 #: Largest query budget of a cell (a larger one would not fit in memory anyway).
 MAX_BUDGET = 100_000_000
 #: Largest seed (every RNG the benchmark seeds accepts it, ``seed + 1`` included).
@@ -236,6 +313,10 @@ ATTACK_SPECS: dict[str, type[ThiefSpec]] = {
 }
 
 
+def _no_policy() -> list[PolicySpec | None]:
+    return [None]
+
+
 class BenchConfig(BaseModel):
     """A benchmark grid; validating it checks every name and parameter (see module doc)."""
 
@@ -246,6 +327,9 @@ class BenchConfig(BaseModel):
     scenarios: list[ScenarioSpec] = Field(min_length=1)
     attacks: dict[str, Any] = Field(default_factory=lambda: {"knockoff": {}}, min_length=1)
     victims: list[VictimSpec] = Field(default_factory=lambda: [VictimSpec()], min_length=1)
+    policies: list[PolicySpec | None] = Field(
+        default_factory=_no_policy, min_length=1, description="None: no detection policy"
+    )
     defenses: dict[str, Any] = Field(min_length=1)
     budgets: list[Annotated[int, Field(ge=1, le=MAX_BUDGET)]] = Field(min_length=1)
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
@@ -283,12 +367,13 @@ class Cell(BaseModel):
     budget: int
     seed: int
     victim: dict[str, Any] | None = Field(None, description="None: the scenario's training")
+    policy: dict[str, Any] | None = Field(None, description="None: no detection policy")
     data_dir: str | None = Field(None, description="where data files live (not hashed)")
 
     def key(self) -> dict[str, Any]:
         """The hashed content: everything except where the data files happen to live (and the
-        victim setting when it is the default, so older cells keep their hashes)."""
-        exclude = {"data_dir"} | ({"victim"} if self.victim is None else set())
+        victim and policy settings at their defaults, so older cells keep their hashes)."""
+        exclude = {"data_dir"} | {k for k in ("victim", "policy") if getattr(self, k) is None}
         return self.model_dump(mode="json", exclude=exclude)
 
     def cell_hash(self) -> str:
@@ -605,9 +690,14 @@ def expand(config: BenchConfig) -> list[Cell]:
     for i, name in enumerate(labels):
         if name in labels[:i]:
             raise BenchConfigError(f"victims[{i}]: a victim labelled {name!r} is already listed")
+    policies = [p.resolved(f"policies[{i}]") if p else None for i, p in enumerate(config.policies)]
+    names = [p["label"] if p else "none" for p in policies]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise BenchConfigError(f"policies[{i}]: a policy labelled {name!r} is already listed")
     cells: list[Cell] = []
-    for (label, scenario), seed, budget, victim in itertools.product(
-        scenarios, config.seeds, config.budgets, victims
+    for (label, scenario), seed, budget, victim, policy in itertools.product(
+        scenarios, config.seeds, config.budgets, victims, policies
     ):
         for attack, options in attacks.items():
             for attack_params, label_only in attack_settings(attack, options):
@@ -626,6 +716,7 @@ def expand(config: BenchConfig) -> list[Cell]:
                                 budget=budget,
                                 seed=seed,
                                 victim=victim,
+                                policy=policy,
                                 data_dir=config.data_dir,
                             )
                         )

@@ -19,10 +19,11 @@ Row = Mapping[str, Any]
 
 
 def defense_of(row: Row) -> str:
-    """The defense a row measured, as the report names it: its output defense, after the
-    victim when that is not the scenario's plain one (``ini+mad``; ``ini`` with no output
-    defense), so each combination is its own curve."""
-    layers = [str(row["victim"])] if row.get("victim") else []
+    """The defense a row measured, as the report names it: its output defense after the victim
+    (when not the scenario's plain one) and the detection policy (when there is one) —
+    ``ini+prada(max_flagged=40)+mad``; ``ini`` with no output defense — so each combination is
+    its own curve."""
+    layers = [str(row[k]) for k in ("victim", "policy") if row.get(k)]
     if row["defense"] != "none" or not layers:
         layers.append(str(row["defense"]))
     return "+".join(layers)
