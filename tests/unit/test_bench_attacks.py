@@ -193,3 +193,23 @@ def test_bad_policies_name_the_key(policies: list[Any], needles: list[str]) -> N
     msg = error_of({**grid(knockoff={}), "policies": policies})
     for needle in needles:
         assert needle in msg, msg
+
+
+def test_the_docs_every_thief_example_is_real(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "benchmark.md").read_text()
+    section = page.split("## Every thief, every kind of defense", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "my-victim.pt").write_bytes(b"hashed when the config loads")
+    cells = expand(parse_config(example))
+    # attack settings: knockoff 2 averages × 2 clones × 2 pools, jbda 2, jb-top3 1, dfme 1;
+    # × 3 victims × 2 policies × 3 defense settings
+    assert len(cells) == (8 + 2 + 1 + 1) * 3 * 2 * 3
+    assert {c.attack for c in cells} == {"knockoff", "jbda", "jb-top3", "dfme"}
