@@ -5,6 +5,10 @@
   minute or so on two CPU cores.
 - ``mnist5k``: LeNet on MNIST-5k, every registered defense over a sweep of its knob, KnockoffNets
   soft-label and label-only, 5,000 queries from ``digits28``, seeds 0 and 1.
+- ``smoke-full``: ``digits`` against every attack family (KnockoffNets from another source and
+  from in-distribution images, JBDA, JB-top3, DFME; soft and label-only), the plain victim and
+  an InI victim, without and with a PRADA policy, a few output defenses — the worst-case
+  report in minutes.
 
 Defenses registered later join both suites (at their ``demo_params``) automatically.
 """
@@ -74,7 +78,37 @@ def mnist5k() -> dict[str, Any]:
     }
 
 
-SUITES: dict[str, Callable[[], dict[str, Any]]] = {"smoke": smoke, "mnist5k": mnist5k}
+def smoke_full() -> dict[str, Any]:
+    """Every attack family × every kind of defense on ``digits``, 1,000 queries, one seed."""
+    return {
+        "name": "smoke-full",
+        "description": "digits + MLP: every attack family against output defenses, an InI "
+        "victim and a PRADA policy, and the worst case over the thieves",
+        "scenarios": [{"name": "digits"}],
+        "attacks": {
+            "knockoff": {"label_only": [False, True], "pool": ["mnist8", "digits-unlabeled"]},
+            "jbda": {"label_only": [False, True]},
+            "jb-top3": {},
+            "dfme": {"batch_size": 64},
+        },
+        "victims": [{}, {"training": "ini"}],
+        "policies": [None, {"max_flagged": 40}],
+        "defenses": {
+            "none": [{}],
+            "reverse_sigmoid": {"beta": [0.7], "gamma": [0.2]},
+            "mad": {"eps": [0.7]},
+            "am": {"tau": [0.5]},
+        },
+        "budgets": [1000],
+        "seeds": [0],
+    }
+
+
+SUITES: dict[str, Callable[[], dict[str, Any]]] = {
+    "smoke": smoke,
+    "mnist5k": mnist5k,
+    "smoke-full": smoke_full,
+}
 
 
 def suite_data(name: str) -> dict[str, Any]:

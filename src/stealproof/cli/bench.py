@@ -26,7 +26,7 @@ def run_cmd(
         str,
         typer.Argument(
             metavar="CONFIG_OR_SUITE",
-            help="A YAML/TOML/JSON config file, or a built-in suite: smoke, mnist5k.",
+            help="A YAML/TOML/JSON config file, or a built-in suite: smoke, mnist5k, smoke-full.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output directory (results, cache, report).")],
@@ -66,6 +66,15 @@ def run_cmd(
             "new rows supersede them); by default they are reused, with a warning.",
         ),
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            help="Run at most this many of the cells still to do (in grid order): a first look "
+            "at a large suite; the same command without it finishes the rest.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
@@ -96,6 +105,9 @@ def run_cmd(
     cfg = load_config(config)  # validates everything before any work
     _setup(threads if backend == "serial" else 0, quiet or as_json)  # Ray tasks set their own
     plan = plan_run(cfg, out, rerun_stale=rerun_stale)
+    skipped, left = plan.skipped, len(plan.pending)
+    if limit is not None:
+        plan.pending = plan.pending[:limit]
     talk = not (quiet or as_json)
     if plan.stale:
         versions = ", ".join(plan.versions)
@@ -112,8 +124,10 @@ def run_cmd(
         )
     if talk:
         msg = f"{cfg.name}: {len(plan.cells)} cells"
-        if plan.skipped:
-            msg += f", skipping {plan.skipped} finished cells"
+        if skipped:
+            msg += f", skipping {skipped} finished cells"
+        if limit is not None and left > len(plan.pending):
+            msg += f", running {len(plan.pending)} of the {left} left (--limit)"
         err_console.print(msg + f" ({backend})", highlight=False)
     ran: list[str] = []
     try:
@@ -129,7 +143,7 @@ def run_cmd(
                 on_row=lambda row: ran.append(str(row.get("config_hash"))),
             )
     except KeyboardInterrupt:
-        done = plan.skipped + len(ran)
+        done = skipped + len(ran)
         try:  # what the file holds: a row written just before the signal counts too
             from stealproof.bench.store import ResultStore
 
@@ -139,7 +153,7 @@ def run_cmd(
             pass
         err_console.print(
             f"interrupted: {done} of {len(plan.cells)} cells finished "
-            f"({max(len(ran), done - plan.skipped)} in this run) "
+            f"({max(len(ran), done - skipped)} in this run) "
             f"and are kept in {out / 'results.jsonl'}; re-run the same command (same --out) to "
             "resume with the missing cells",
             highlight=False,
@@ -152,8 +166,9 @@ def run_cmd(
             json.dumps(
                 {
                     "cells": summary.total,
-                    "skipped": summary.skipped,
+                    "skipped": skipped,
                     "ran": summary.ran,
+                    "left": left - summary.ran,
                     "seconds": round(summary.seconds, 1),
                     "backend": summary.backend,
                     "results": str(out / "results.jsonl"),
@@ -164,9 +179,11 @@ def run_cmd(
             )
         )
     elif talk:
+        rest = left - summary.ran
         console.print(
             f"ran {summary.ran} cells in {summary.seconds:.0f} s; wrote {out / 'results.jsonl'}, "
-            f"{outputs.csv.name}, {outputs.report.name} and {len(outputs.plots)} plot(s)",
+            f"{outputs.csv.name}, {outputs.report.name} and {len(outputs.plots)} plot(s)"
+            + (f"; {rest} cells left (run again without --limit)" if rest else ""),
             highlight=False,
         )
 
