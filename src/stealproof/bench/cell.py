@@ -329,6 +329,13 @@ def build_defense(cell: Cell, ws: Workspace) -> Defense:
 
 #: Attacks whose thief draws seed images from a pool and grows them by Jacobian steps.
 _JACOBIAN = ("jbda", "jb-self", "jb-top3")
+#: What ART's ``fit`` cannot do, switched off in the clone training of the ``art:`` attacks.
+ART_TRAINING: dict[str, Any] = {
+    "schedule": "none",
+    "augment": False,
+    "stop_after": None,
+    "val_fraction": 0.0,
+}
 #: Attacks whose queries a generator synthesises (no pool).
 _DATA_FREE = ("dfme", "maze", "dast")
 
@@ -403,6 +410,20 @@ def _steal(
         n = int(cell.attack_params.get("seed_images", 150))
         seeds = pool.images[torch.randperm(len(pool), generator=g)[:n]]
         result = jb.run(thief, seeds, budget, make_clone, device=ws.device, progress=progress)
+    elif cell.attack.startswith("art:"):
+        from stealproof.integrations.art import art_attack
+
+        assert pool is not None
+        art = art_attack(
+            cell.attack,
+            policy=cell.attack_params.get("policy", "random"),
+            query_batch=int(cell.attack_params.get("query_batch", 128)),
+            augment=bool(cell.attack_params.get("augment", True)),
+            label_only=label_only,
+            seed=cell.seed,
+            train=train_cfg.model_copy(update=ART_TRAINING),
+        )
+        result = art.run(thief, pool, budget, make_clone, device=ws.device, progress=progress)
     else:
         attack_cls = DATA_FREE_ATTACKS[cell.attack]
         free = attack_cls(

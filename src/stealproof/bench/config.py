@@ -296,6 +296,27 @@ class PolicySpec(BaseModel):
         }
 
 
+class ArtSpec(ThiefSpec):
+    """ART's extraction attacks (``art:copycat``, and ``art:knockoffnets`` below; needs
+    ``stealproof[art]``) through :mod:`stealproof.integrations.art`: ART queries the box and
+    trains the clone with its own ``fit`` — the scenario's clone training without its schedule,
+    which ART's ``fit`` lacks. Each ``label_only`` value is its own cell."""
+
+    query_batch: int = Field(128, ge=1, description="rows per black-box call")
+    augment: bool = Field(True, description="augmented repeats once the pool is used up")
+
+
+class ArtKnockoffSpec(ArtSpec):
+    """ART's KnockoffNets; its sampling ``policy`` is a grid axis (adaptive: one row a query)."""
+
+    policy: list[Policy] = Field(default_factory=_default_policies, min_length=1)
+
+    @field_validator("policy")
+    @classmethod
+    def _no_repeated_policy(cls, v: list[Any]) -> list[Any]:
+        return _unique(v)
+
+
 #: Largest query budget of a cell (a larger one would not fit in memory anyway).
 MAX_BUDGET = 100_000_000
 #: Largest seed (every RNG the benchmark seeds accepts it, ``seed + 1`` included).
@@ -310,6 +331,8 @@ ATTACK_SPECS: dict[str, type[ThiefSpec]] = {
     "dfme": DataFreeSpec,
     "maze": DataFreeSpec,
     "dast": DataFreeSpec,
+    "art:knockoffnets": ArtKnockoffSpec,
+    "art:copycat": ArtSpec,
 }
 
 
@@ -648,6 +671,13 @@ def attack_settings(
     elif isinstance(options, JacobianSpec):
         for rounds, m, lo in itertools.product(options.rounds, moves, options.label_only):
             out.append(({"rounds": rounds, "seed_images": options.seed_images, **m}, (lo,)))
+    elif isinstance(options, ArtSpec):
+        policies = options.policy if isinstance(options, ArtKnockoffSpec) else [None]
+        for policy, m, lo in itertools.product(policies, moves, options.label_only):
+            base = {"query_batch": options.query_batch, "augment": options.augment}
+            if policy is not None:
+                base = {"policy": policy, **base}
+            out.append(({**base, **m}, (lo,)))
     else:
         assert isinstance(options, DataFreeSpec)
         for m, lo in itertools.product(moves, options.label_only):

@@ -89,7 +89,8 @@ def attack(
         typer.Option(
             "--attack",
             help="See `stealproof list attacks`. The data-free ones (dfme, maze, dast) use no "
-            "pool and need large budgets (10^5 rows and more).",
+            "pool and need large budgets (10^5 rows and more). art:knockoffnets and art:copycat "
+            "run ART's attacks (needs stealproof[art]).",
         ),
     ] = "knockoff",
     budget: Annotated[int, typer.Option("--budget", min=10, help="Queries (rows).")] = 5000,
@@ -173,11 +174,12 @@ def attack(
     )
     from stealproof.data import load_dataset, load_pool
     from stealproof.experiment import defense_cost, scenario_for
+    from stealproof.integrations import ART_ATTACKS
     from stealproof.models import load_checkpoint
     from stealproof.oracle import BlackBox
     from stealproof.train import describe_training
 
-    known = ["knockoff", "knockoff-labels", *JACOBIAN_ATTACKS, *DATA_FREE_ATTACKS]
+    known = ["knockoff", "knockoff-labels", *JACOBIAN_ATTACKS, *DATA_FREE_ATTACKS, *ART_ATTACKS]
     if name not in known:
         from stealproof._names import unknown_name_message
 
@@ -186,6 +188,11 @@ def attack(
         raise ConfigError(f"--output: expected probs, topk or label, got {output!r}")
     if policy not in ("random", "adaptive"):
         raise ConfigError(f"--policy: expected random or adaptive, got {policy!r}")
+    from_art = name in ART_ATTACKS
+    if policy == "adaptive" and name not in ("knockoff", "knockoff-labels", "art:knockoffnets"):
+        raise ConfigError(f"--policy adaptive: only with knockoff or art:knockoffnets, not {name}")
+    if from_art:  # fails here, before any work, without the stealproof[art] extra
+        from stealproof.integrations.art import art_attack
     thief_budget = budget // average
     if thief_budget < 1:
         raise ConfigError(f"--average: {average} copies per row leave no row of --budget {budget}")
@@ -240,6 +247,10 @@ def attack(
     train_cfg = scenario_for(dataset).clone_training
     if epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": epochs, "min_steps": None})
+    if from_art:  # ART's fit: no schedule, augmentation, early stop or selection split
+        train_cfg = train_cfg.model_copy(
+            update={"schedule": "none", "augment": False, "stop_after": None, "val_fraction": 0.0}
+        )
     box: Any
     if remote is not None:
         from stealproof.http_box import HTTPBlackBox
@@ -300,6 +311,13 @@ def attack(
                 device=dev,
                 progress=p,
             )
+    elif from_art:
+        assert thief_pool is not None
+        art = art_attack(name, policy=policy, label_only=label_only, seed=seed, train=train_cfg)
+        with progress_bar(quiet or as_json) as p:
+            result = art.run(
+                thief_box, thief_pool, thief_budget, make_clone, device=dev, progress=p
+            )
     else:
         assert thief_pool is not None
         knockoff = KnockoffNets(policy=policy, label_only=label_only, seed=seed, train=train_cfg)
@@ -309,10 +327,16 @@ def attack(
             )
     cost = None if d is None else defense_cost(model, d, ds.test.images, ds.test.labels)
     meter = box.meter() if remote is None else None
-    attack_name = name if jacobian or data_free else "knockoff-labels" if label_only else "knockoff"
+    attack_name = (
+        name
+        if jacobian or data_free or from_art
+        else "knockoff-labels"
+        if label_only
+        else "knockoff"
+    )
     row: dict[str, Any] = {
         "attack": attack_name,
-        "policy": None if jacobian or data_free else policy,
+        "policy": None if jacobian or data_free or name == "art:copycat" else policy,
         "label_only": label_only,
         "average": average,
         "dataset": dataset,

@@ -46,6 +46,7 @@ def _catalogue() -> dict[str, dict[str, tuple[str, type[Any] | None]]]:
     from stealproof import defenses, detectors
     from stealproof.attacks import ATTACKS
     from stealproof.data import available_datasets, available_pools
+    from stealproof.integrations import ART_ATTACKS
     from stealproof.models import available_models
 
     configs = attack_configs()
@@ -60,7 +61,10 @@ def _catalogue() -> dict[str, dict[str, tuple[str, type[Any] | None]]]:
             )
             for n in defenses.available()
         },
-        "attacks": {n: (d, configs.get(n)) for n, d in ATTACKS.items()},
+        "attacks": {
+            **{n: (d, configs.get(n)) for n, d in ATTACKS.items()},
+            **{n: (d, None) for n, d in ART_ATTACKS.items()},  # no ART import just to list
+        },
         "detectors": {n: (d, c) for n, (d, c) in detectors.available().items()},
     }
 
