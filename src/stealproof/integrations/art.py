@@ -417,7 +417,10 @@ def art_pytorch_classifier(
     nb_classes: int,
     device: torch.device | str | None = None,
 ) -> Any:
-    """``model`` (logits, pixels in [0, 1]) as an ART ``PyTorchClassifier`` ART can train."""
+    """``model`` (logits, pixels in [0, 1]) as an ART ``PyTorchClassifier`` ART can train.
+
+    ART places it on the CPU, or on ``torch.cuda.current_device()`` for any CUDA ``device``.
+    """
     dev = torch.device(device if device is not None else "cpu")
     model.to(dev)
     return PyTorchClassifier(
