@@ -110,7 +110,8 @@ def _check_targets(targets: Tensor, n: int, name: str) -> Tensor:
     raise InputValidationError(f"{name}: expected [N] labels or [N, K] probabilities")
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def optimizer_for(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -169,7 +170,7 @@ def train_model(
     x, targets = x.to(dev), targets.to(dev)
     n = x.shape[0]
     steps = -(-n // cfg.batch_size)
-    opt = _optimizer(model, cfg)
+    opt = optimizer_for(model, cfg)
     sched = _scheduler(opt, cfg, steps)
     best_state: dict[str, Tensor] | None = None
     result = TrainResult(

@@ -44,7 +44,7 @@ from stealproof.defenses.registry import get_defense_class, resolve_defense
 from stealproof.errors import InputValidationError, StealproofError, UnknownNameError
 from stealproof.integrations import ART_ATTACKS
 from stealproof.oracle import OutputMode, apply_output_mode
-from stealproof.train import TrainConfig, effective_epochs
+from stealproof.train import TrainConfig, effective_epochs, optimizer_for
 
 
 class ArtNotInstalledError(StealproofError, ImportError):
@@ -401,15 +401,6 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(state)  # noqa: NPY002
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 def art_pytorch_classifier(
     model: nn.Module,
     train: TrainConfig,
@@ -426,7 +417,7 @@ def art_pytorch_classifier(
     return PyTorchClassifier(
         model=model,
         loss=nn.CrossEntropyLoss(),
-        optimizer=_optimizer(model, train),
+        optimizer=optimizer_for(model, train),
         input_shape=tuple(input_shape),
         nb_classes=int(nb_classes),
         clip_values=(0.0, 1.0),
