@@ -135,3 +135,47 @@ def examples() -> list[Example]:
             chain = [*chain, block] if block.cont else [block]
             out.append(Example(tuple(chain)))
     return out
+
+
+SHELL = {"bash", "sh", "console", "shell"}
+
+
+def shell_commands() -> list[tuple[str, list[str]]]:
+    """Every ``stealproof …`` command line in the shell blocks: (where, its arguments).
+
+    Continuation lines are joined; ``&&``/``;``/``|`` split a line into commands; ``$ `` prompts
+    and comments are dropped. Output lines (which do not start with the command) are skipped.
+    """
+    import shlex
+
+    found: list[tuple[str, list[str]]] = []
+    for path in markdown_files():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        i = 0
+        while i < len(lines):
+            m = FENCE.match(lines[i])
+            if m is None:
+                i += 1
+                continue
+            ticks, lang = m.group("ticks"), m.group("lang").lower()
+            end = i + 1
+            while end < len(lines) and not lines[end].strip().startswith(ticks):
+                end += 1
+            if lang in SHELL:
+                text = "\n".join(lines[i + 1 : end]).replace("\\\n", " ")
+                for n, line in enumerate(text.splitlines()):
+                    line = line.strip().removeprefix("$ ")
+                    try:
+                        words = shlex.split(line, comments=True)
+                    except ValueError:
+                        continue  # not a command (an output line with a stray quote)
+                    cmd: list[str] = []
+                    for w in [*words, "&&"]:
+                        if w in ("&&", ";", "|", "||"):
+                            if cmd and cmd[0] == "stealproof":
+                                found.append((f"{_rel(path)}:{i + 2 + n}", cmd[1:]))
+                            cmd = []
+                        else:
+                            cmd.append(w)
+            i = end + 1
+    return found

@@ -11,11 +11,21 @@ import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 import yaml
 
-from doc_examples import ROOT, Example, blocks_in, examples, markdown_files, parse_options
+from doc_examples import (
+    ROOT,
+    Example,
+    blocks_in,
+    examples,
+    markdown_files,
+    parse_options,
+    shell_commands,
+)
 from gateway_fixtures import Server, create_clients, start_server
 
 DOCS_PORT = "127.0.0.1:8000"
@@ -149,3 +159,62 @@ def test_misplaced_options_are_errors(text: str, message: str, tmp_path: Path) -
     page.write_text(text)
     with pytest.raises(ValueError, match=re.escape(message)):
         blocks_in(page)
+
+
+# ------------------------------------------------------------------ the shell commands, parsed
+
+
+#: typer ships its own copy of click; its usage error is the base of ``typer.BadParameter``
+USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
+
+
+def _parse(args: list[str]) -> None:
+    """Resolve ``args`` through the CLI's commands and parse their options, running nothing."""
+    import typer.main
+
+    from stealproof.cli import app
+
+    command: Any = typer.main.get_command(app)
+    ctx = command.make_context("stealproof", list(args))
+    while hasattr(command, "resolve_command"):  # a group
+        # click keeps a group's subcommand and its arguments apart from the group's own
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        if not rest:
+            break
+        name, sub, rest = command.resolve_command(ctx, rest)  # UsageError: no such command
+        assert name is not None and sub is not None
+        command, ctx = sub, sub.make_context(name, rest, parent=ctx)
+
+
+def _commands() -> list[object]:
+    return [pytest.param(args, id=where) for where, args in shell_commands()]
+
+
+@pytest.mark.parametrize("args", _commands())
+def test_shell_command_names_real_commands_and_options(args: list[str]) -> None:
+    """Every ``stealproof …`` line of the docs parses: its command and options exist and take
+    the values shown. (They are not run: servers, long benchmarks.)"""
+    if any(a in ("--help", "-h") for a in args):
+        return
+    try:
+        _parse(args)
+    except USAGE_ERROR as e:
+        if type(e).__name__ == "MissingParameter":
+            return  # a fragment showing some options only (the page says what else it needs)
+        pytest.fail(f"stealproof {' '.join(args)}: {e}")
+
+
+def test_the_command_check_catches_wrong_commands_and_options() -> None:
+    _parse(["bench", "run", "smoke", "--out", "x", "--limit", "3"])
+    for wrong in (
+        ["bench", "run", "smoke", "--out", "x", "--limitt", "3"],
+        ["bench", "runn", "smoke"],
+        ["attack", "--budget", "many"],
+        ["nosuch"],
+    ):
+        with pytest.raises(USAGE_ERROR):
+            _parse(wrong)
+    assert len(shell_commands()) >= 40  # the docs' commands are found
+    assert ["demo"] in [args for _, args in shell_commands()]
