@@ -178,3 +178,36 @@ def test_policy_cells_stop_the_thief_and_score_the_benign_client_through_the_pol
     report = (out / "report.md").read_text()
     table = report.split("### jbda rounds=3, 600 queries", 1)[1]
     assert "| `prada-auto` |" in table and "| `prada-strict` |" in table
+
+
+@pytest.mark.slow
+def test_model_guardian_policy_cells(tmp_path: Path) -> None:
+    """A Model-Guardian policy: its detector is trained once per victim and cached; it stops a
+    data-free thief (what it was built for) and lets the benign client through."""
+    grid = {
+        "name": "guardian",
+        "scenarios": [
+            {"name": "digits", "victim_training": {"epochs": 5}, "clone_training": {"epochs": 3}}
+        ],
+        "attacks": {"dfme": {"batch_size": 64}, "knockoff": {"label_only": [False]}},
+        "policies": [{"detectors": ["guardian"], "max_flagged": 100, "label": "guardian"}],
+        "defenses": {"none": [{}], "top1": [{}]},
+        "budgets": [2000],
+        "seeds": [0],
+    }
+    config = tmp_path / "guardian.yaml"
+    config.write_text(yaml.safe_dump(grid, sort_keys=False))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "cache" / "guardians").glob("*.pt"))) == 1  # one victim, one bundle
+    rows = ResultStore(out).rows()
+    assert len(rows) == 4 and all(r["policy"] == "guardian" for r in rows)
+    for r in rows:
+        if r["attack"] == "dfme":  # generator images are what the guardian flags
+            assert r["thief_blocked_at"] is not None and r["queries_used"] < 2000, r
+        assert r["benign_blocked_at"] is None, r  # the defender's own test images pass
+        assert r["defender_acc"] == pytest.approx(r["defender_acc_unpoliced"], abs=0.03)
+    # a re-run finds the bundle in the cache (and every row done)
+    again = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(out)])
+    assert again.exit_code == 0 and "skipping 4 finished cells" in again.output

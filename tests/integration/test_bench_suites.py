@@ -55,7 +55,11 @@ def test_smoke_full_holds_every_thief_and_every_kind_of_defense() -> None:
     assert pools == {"mnist8", "digits-unlabeled"}  # another source, and in-distribution
     assert {lo for c in cells for lo in c.label_only} == {False, True}
     assert {(c.victim or {}).get("training", "plain") for c in cells} == {"plain", "ini"}
-    assert {(c.policy or {}).get("label") for c in cells} == {None, "prada(max_flagged=40)"}
+    assert {(c.policy or {}).get("label") for c in cells} == {
+        None,
+        "prada(max_flagged=40)",
+        "guardian(max_flagged=100)",
+    }
     assert {"none", "reverse_sigmoid", "mad", "am"} == {c.defense for c in cells}
 
 

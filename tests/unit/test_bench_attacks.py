@@ -175,19 +175,48 @@ def test_policies_axis_labels_and_hashes() -> None:
     assert auto.policy is not None and auto.policy["prada"]["delta"] == "auto"
     assert auto.policy["rules"] == {"max_flagged": 40, "window": None, "ratio": None}
     assert len({c.cell_hash() for c in cells}) == len(cells)
+    guarded = expand(
+        parse_config(
+            {**grid(knockoff={}), "policies": [{"detectors": ["prada", "guardian"],
+                                                "guardian": {"target_fpr": 0.02}}]}
+        )
+    )  # fmt: skip
+    assert {c.policy["label"] for c in guarded if c.policy} == {"prada+guardian(target_fpr=0.02)"}
 
 
 @pytest.mark.parametrize(
     ("policies", "needles"),
     [
-        ([{"detectors": ["guardian"]}], ["policies[0].detectors[0]"]),
+        ([{"detectors": ["lie-detector"]}], ["policies[0].detectors[0]"]),
+        (
+            [{"detectors": ["guardian"], "guardian": {"target_fpr": 2}}],
+            ["policies[0].guardian.target_fpr"],
+        ),
+        (
+            [{"detectors": ["prada"], "guardian": {"seed": 1}}],
+            ["policies[0].guardian: set, but detectors has no guardian"],
+        ),
+        (
+            [{"detectors": ["guardian"], "prada": {"delta": 0.9}}],
+            ["policies[0].prada: set, but detectors has no prada"],
+        ),
         ([{"window": 100}], ["policies[0]", "window and ratio: set both or neither"]),
         ([{"prada": {"delta": 1.5}}], ["policies[0].prada.delta"]),
         ([{"prada": {"deltaa": 0.9}}], ["policies[0].prada.deltaa", "unknown"]),
         ([{"deceptive": "nonsense"}], ["policies[0].deceptive", "unknown defense"]),
         ([{}, {}], ["policies[1]", "'prada' is already listed"]),
     ],
-    ids=["detector", "window", "delta", "prada-key", "deceptive", "twice"],
+    ids=[
+        "detector",
+        "guardian-option",
+        "guardian-unused",
+        "prada-unused",
+        "window",
+        "delta",
+        "prada-key",
+        "deceptive",
+        "twice",
+    ],
 )
 def test_bad_policies_name_the_key(policies: list[Any], needles: list[str]) -> None:
     msg = error_of({**grid(knockoff={}), "policies": policies})
@@ -210,6 +239,6 @@ def test_the_docs_every_thief_example_is_real(
     (tmp_path / "models" / "my-victim.pt").write_bytes(b"hashed when the config loads")
     cells = expand(parse_config(example))
     # attack settings: knockoff 2 averages × 2 clones × 2 pools, jbda 2, jb-top3 1, dfme 1;
-    # × 3 victims × 2 policies × 3 defense settings
-    assert len(cells) == (8 + 2 + 1 + 1) * 3 * 2 * 3
+    # × 3 victims × 3 policies × 3 defense settings
+    assert len(cells) == (8 + 2 + 1 + 1) * 3 * 3 * 3
     assert {c.attack for c in cells} == {"knockoff", "jbda", "jb-top3", "dfme"}

@@ -433,6 +433,51 @@ class ArtifactCache:
         """The bytes of cache files by path relative to the root (to ship to other hosts)."""
         return {rel: (self.root / rel).read_bytes() for rel in relpaths}
 
+    # ----------------------------------------------------------------- guardian bundles
+
+    def guardian_path(self, key: str) -> Path:
+        return self.root / "guardians" / f"{key}.pt"
+
+    def load_guardian(self, key: str, victim_fp: str) -> Any:
+        """The cached Model-Guardian bundle ``key``, refused unless made for ``victim_fp``."""
+        from stealproof.detectors.guardian import GuardianBundle
+
+        return GuardianBundle.load(self.guardian_path(key), victim=victim_fp)
+
+    def has_guardian(self, key: str, victim_fp: str) -> bool:
+        """True when a usable bundle for the victim ``victim_fp`` is stored under ``key``."""
+        if not self.guardian_path(key).is_file():
+            return False
+        try:
+            self.load_guardian(key, victim_fp)
+        except StealproofError as e:
+            log.warning("cache: guardian bundle %s: %s; rebuilding it", key, e)
+            return False
+        return True
+
+    def ensure_guardian(
+        self,
+        key: str,
+        victim: nn.Module,
+        images: Tensor,
+        config: Any,
+        *,
+        device: torch.device | str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Train the Model-Guardian bundle for ``victim`` on the defender's ``images`` (its
+        stamp binds it to the victim) unless a usable one is cached under ``key``."""
+        from stealproof.detectors.guardian import train_guardian
+
+        if self.has_guardian(key, model_fingerprint(victim)):
+            return
+        bundle, _ = train_guardian(victim, images, config, device=device, progress=progress)
+        self.guardian_path(key).parent.mkdir(parents=True, exist_ok=True)
+        bundle.save(self.guardian_path(key))
+
+    def guardian_files(self, key: str) -> dict[str, bytes]:
+        return self.files([f"guardians/{key}.pt"])
+
     def victim_files(self, key: str) -> dict[str, bytes]:
         return self.files([f"victims/{key}.pt"])
 

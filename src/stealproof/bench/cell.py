@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from stealproof import __version__, _progress, defenses, metrics
 from stealproof.attacks import DATA_FREE_ATTACKS, AveragingBlackBox, create_jacobian_attack
-from stealproof.attacks.base import BlackBoxLike, CloneFactory, clone_factory_like
+from stealproof.attacks.base import BlackBoxLike, CloneFactory, QueryGuard, clone_factory_like
 from stealproof.attacks.knockoff import KnockoffConfig, KnockoffNets
 from stealproof.bench.cache import (
     ArtifactCache,
@@ -31,12 +31,13 @@ from stealproof.bench.cache import (
     victim_key,
 )
 from stealproof.bench.config import BenchConfig, Cell, expand
-from stealproof.bench.policies import auto_delta, benign_view, build_policy
+from stealproof.bench.policies import auto_delta, benign_view, build_policy, guardian_settings
 from stealproof.bench.store import ResultStore, row_version
 from stealproof.data.datasets import Dataset, load_dataset
 from stealproof.data.pools import Pool, load_pool
 from stealproof.defenses.base import Defense
 from stealproof.demo import QUERY_LOG_SIZE
+from stealproof.detectors.guardian import GuardianDetector
 from stealproof.errors import StealproofError
 from stealproof.experiment import CloneCache, defense_cost
 from stealproof.fingerprint import stable_hash
@@ -133,11 +134,35 @@ class Workspace:
     _models: dict[str, dict[str, Any]] = field(default_factory=dict)
     _group: tuple[Any, ...] | None = None
     _deltas: dict[tuple[str, str], float] = field(default_factory=dict)
+    _guardians: dict[str, GuardianDetector] = field(default_factory=dict)
     clones: CloneCache = field(default_factory=CloneCache)
+
+    def guardian_key(self, cell: Cell) -> str | None:
+        """Cache key of the cell's Model-Guardian bundle (None: its policy has no guardian)."""
+        if cell.policy is None or "guardian" not in cell.policy["detectors"]:
+            return None
+        cfg = guardian_settings(cell.policy, cell.spec.dataset).model_copy(
+            update={"seed": cell.seed}
+        )
+        content = {"kind": "guardian", "victim": self.victim_key(cell),
+                   "config": cfg.model_dump(mode="json")}  # fmt: skip
+        return stable_hash(content)[:32]
+
+    def guardian(self, cell: Cell) -> GuardianDetector | None:
+        """The cell's Model-Guardian detector, its bundle checked against the cell's victim."""
+        key = self.guardian_key(cell)
+        if key is None:
+            return None
+        if key not in self._guardians:
+            bundle = self.cache.load_guardian(key, self.victim_fingerprint(self.victim_key(cell)))
+            if self.device is not None:
+                bundle.to(self.device)
+            self._guardians[key] = GuardianDetector(bundle)
+        return self._guardians[key]
 
     def prada_delta(self, cell: Cell) -> float:
         """PRADA's δ of the cell's policy: as configured, or calibrated once per victim."""
-        assert cell.policy is not None
+        assert cell.policy is not None and "prada" in cell.policy["detectors"]
         delta = cell.policy["prada"]["delta"]
         if delta != "auto":
             return float(delta)
@@ -280,6 +305,7 @@ def prepare_artifacts(
                     progress=progress,
                 )
                 step(1)
+    _prepare_guardians(cells, ws, progress)
     bundles: dict[str, tuple[Cell, dict[str, Any]]] = {}
     for cell in cells:
         b = ws.bundle(cell)
@@ -310,6 +336,34 @@ def prepare_artifacts(
                     query_log,
                     content=content,
                 )
+            step(1)
+
+
+def _prepare_guardians(cells: list[Cell], ws: Workspace, progress: Progress | None) -> None:
+    """Train (or find cached) the Model-Guardian bundle of every guardian policy's victim."""
+    needed: dict[str, Cell] = {}
+    for cell in cells:
+        key = ws.guardian_key(cell)
+        if key is not None:
+            needed.setdefault(key, cell)
+    todo = {
+        k: c
+        for k, c in needed.items()
+        if not ws.cache.has_guardian(k, ws.victim_fingerprint(ws.victim_key(c)))
+    }
+    if not todo:
+        return
+    with _progress.task(progress, "guardian detectors", total=len(todo)) as step:
+        for key, cell in todo.items():
+            assert cell.policy is not None
+            ds = ws.dataset(cell.spec.dataset, cell.data_dir)
+            victim, _ = ws.victim(ws.victim_key(cell))
+            cfg = guardian_settings(cell.policy, cell.spec.dataset).model_copy(
+                update={"seed": cell.seed}
+            )
+            ws.cache.ensure_guardian(
+                key, victim, ds.train.images, cfg, device=ws.device, progress=progress
+            )
             step(1)
 
 
@@ -381,7 +435,9 @@ def _steal(
                 seed=cell.seed,
             )
         )
-        transfer = attack.collect(thief, pool, budget, make_clone, progress=progress)
+        # a detection policy may block the thief: it keeps what it was answered
+        guard = QueryGuard(thief, attack.name)
+        transfer = attack.collect(thief, pool, budget, make_clone, progress=progress, guard=guard)
         return {
             lo: ws.clones.get(
                 make_clone,
@@ -449,8 +505,8 @@ def run_cell(cell: Cell, ws: Workspace, *, progress: Progress | None = None) -> 
     if cell.policy is None:
         box = BlackBox(victim, defense, budget=cell.budget, client_id=f"thief-{cell.defense}")
     else:
-        delta = ws.prada_delta(cell)
-        policy = build_policy(cell.policy, defense, delta)
+        delta = ws.prada_delta(cell) if "prada" in cell.policy["detectors"] else None
+        policy = build_policy(cell.policy, defense, delta, ws.guardian(cell))
         box = BlackBox(victim, policy=policy, budget=cell.budget, client_id="thief")
     accs: dict[bool, tuple[float, float]] = {}
     with torch.random.fork_rng(devices=[]):  # any stray use of the global RNG is seeded too

@@ -219,7 +219,7 @@ class VictimSpec(BaseModel):
                 "label": label}  # fmt: skip
 
 
-DetectorName = Literal["prada"]
+DetectorName = Literal["prada", "guardian"]
 
 
 def _prada_only() -> list[DetectorName]:
@@ -232,12 +232,18 @@ class PolicySpec(BaseModel):
     rule fires. The thief's stream and a benign client's stream (the defender's test images)
     both go through it; the row's ``defender_acc`` is the benign client's accuracy, a refused
     row counting as wrong. PRADA's ``delta: auto`` is calibrated on benign streams of the
-    defender's training images (the largest δ with no flag, less ``margin``)."""
+    defender's training images (the largest δ with no flag, less ``margin``). The Model-Guardian
+    detector (``guardian``) is trained once per victim on the defender's training images (the
+    built-in scenario's settings, ``guardian:`` overrides) and cached."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     detectors: list[DetectorName] = Field(default_factory=_prada_only, min_length=1)
     prada: dict[str, Any] = Field(default_factory=dict, description="PradaConfig fields")
+    guardian: dict[str, Any] = Field(
+        default_factory=dict,
+        description="GuardianConfig fields over the scenario's defaults (guardian only)",
+    )
     margin: float = Field(0.02, ge=0, lt=1, description="subtracted from an auto δ")
     max_flagged: int | None = Field(1000, ge=1, description="block after this many flags")
     window: int | None = Field(None, ge=1, description="rows of the flagged-share rule")
@@ -276,18 +282,33 @@ class PolicySpec(BaseModel):
                 format_validation_error(e, prefix=f"{where}.prada", model=PradaConfig)
             ) from None
         prada_full = checked.model_dump(mode="json") | ({"delta": "auto"} if auto else {})
+        if self.guardian and "guardian" not in self.detectors:
+            raise BenchConfigError(f"{where}.guardian: set, but detectors has no guardian")
+        if self.prada and "prada" not in self.detectors:
+            raise BenchConfigError(f"{where}.prada: set, but detectors has no prada")
+        if "guardian" in self.detectors:
+            from stealproof.detectors.guardian import GuardianConfig, guardian_config
+
+            try:
+                guardian_config("digits", **self.guardian)
+            except ValidationError as e:
+                raise BenchConfigError(
+                    format_validation_error(e, prefix=f"{where}.guardian", model=GuardianConfig)
+                ) from None
         if self.deceptive is not None and self.deceptive not in defenses.available():
             raise BenchConfigError(
                 f"{where}.deceptive: "
                 + unknown_name_message("defense", self.deceptive, defenses.available())
             )
         given = self.model_dump(exclude_defaults=True, exclude={"label", "detectors"})
-        shown = ",".join(f"{k}={v}" for k, v in given.items() if k != "prada")
-        shown = ",".join(x for x in [shown, *(f"{k}={v}" for k, v in prada.items())] if x)
+        shown = ",".join(f"{k}={v}" for k, v in given.items() if k not in ("prada", "guardian"))
+        nested = [f"{k}={v}" for k, v in [*prada.items(), *self.guardian.items()]]
+        shown = ",".join(x for x in [shown, *nested] if x)
         label = self.label or "+".join(self.detectors) + (f"({shown})" if shown else "")
         return {
             "detectors": list(self.detectors),
             "prada": prada_full,
+            "guardian": dict(self.guardian),
             "margin": self.margin,
             "rules": rules,
             "deceptive": self.deceptive,

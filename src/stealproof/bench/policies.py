@@ -1,4 +1,5 @@
-"""A benchmark cell's detection policy: PRADA's δ, the policy, and the benign client's view.
+"""A benchmark cell's detection policy: PRADA's δ, Model-Guardian's config, the policy, and the
+benign client's view.
 
 The thief queries through the policy (a blocked thief stops and keeps the clone it has); the
 defender's test images then go through the *same* policy as another client, in a seeded order
@@ -17,6 +18,13 @@ import torch
 
 from stealproof.data.datasets import Dataset
 from stealproof.defenses.base import Defense
+from stealproof.detectors.base import Detector
+from stealproof.detectors.guardian import (
+    SCENARIO_OVERRIDES,
+    GuardianConfig,
+    GuardianDetector,
+    guardian_config,
+)
 from stealproof.detectors.prada import PradaConfig, PradaDetector, benign_streams, calibrate_delta
 from stealproof.errors import ClientBlockedError
 from stealproof.models.base import Classifier
@@ -46,9 +54,27 @@ def auto_delta(victim: Classifier, ds: Dataset, setting: Mapping[str, Any], seed
     return round(calibrate_delta(streams, victim, config=cfg, margin=setting["margin"]), 6)
 
 
-def build_policy(setting: Mapping[str, Any], defense: Defense, delta: float) -> DetectionPolicy:
+def guardian_settings(setting: Mapping[str, Any], dataset: str) -> GuardianConfig:
+    """The Model-Guardian config of a cell: the built-in scenario's defaults when the dataset
+    is one (else the general defaults), with the setting's overrides."""
+    base = dataset if dataset in SCENARIO_OVERRIDES else "digits"
+    return guardian_config(base, **setting.get("guardian", {}))
+
+
+def build_policy(
+    setting: Mapping[str, Any],
+    defense: Defense,
+    delta: float | None,
+    guardian: GuardianDetector | None = None,
+) -> DetectionPolicy:
     """The policy of a cell: its detectors, ``defense`` for unflagged rows, its rules."""
-    detectors = [PradaDetector(prada_config(setting, delta))]
+    detectors: list[Detector] = []
+    if "prada" in setting["detectors"]:
+        assert delta is not None
+        detectors.append(PradaDetector(prada_config(setting, delta)))
+    if "guardian" in setting["detectors"]:
+        assert guardian is not None
+        detectors.append(guardian)
     return DetectionPolicy(
         detectors,
         defense=defense,

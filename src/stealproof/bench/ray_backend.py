@@ -166,15 +166,20 @@ def _dispatch(
 
     def submit(cell: Cell) -> None:
         vkey = ws.victim_key(cell)
-        if vkey not in refs_v:
-            refs_v[vkey] = ray.put(cache.victim_files(vkey))
+        gkey = ws.guardian_key(cell)
+        shipped = f"{vkey}+{gkey}"  # the victim's file, and its guardian bundle if the cell has one
+        if shipped not in refs_v:
+            files = cache.victim_files(vkey)
+            if gkey is not None:
+                files.update(cache.guardian_files(gkey))
+            refs_v[shipped] = ray.put(files)
         bkey = ws.bundle_key(cell)
         if bkey is not None and bkey not in refs_d:
             refs_d[bkey] = ray.put(cache.defense_files(bkey))
         ref_d = refs_d[bkey] if bkey is not None else None
         in_flight.append(
             task.remote(
-                cell.model_dump(mode="json"), str(cache.root), refs_v[vkey], ref_d, threads, dev
+                cell.model_dump(mode="json"), str(cache.root), refs_v[shipped], ref_d, threads, dev
             )
         )
 

@@ -7,8 +7,8 @@
   soft-label and label-only, 5,000 queries from ``digits28``, seeds 0 and 1.
 - ``smoke-full``: ``digits`` against every attack family (KnockoffNets from another source and
   from in-distribution images, JBDA, JB-top3, DFME; soft and label-only), the plain victim and
-  an InI victim, without and with a PRADA policy, a few output defenses — the worst-case
-  report in minutes.
+  an InI victim, without a policy and with PRADA or Model-Guardian, a few output defenses — the
+  worst-case report in minutes.
 
 Defenses registered later join both suites (at their ``demo_params``) automatically.
 """
@@ -92,7 +92,7 @@ def smoke_full() -> dict[str, Any]:
             "dfme": {"batch_size": 64},
         },
         "victims": [{}, {"training": "ini"}],
-        "policies": [None, {"max_flagged": 40}],
+        "policies": [None, {"max_flagged": 40}, {"detectors": ["guardian"], "max_flagged": 100}],
         "defenses": {
             "none": [{}],
             "reverse_sigmoid": {"beta": [0.7], "gamma": [0.2]},
