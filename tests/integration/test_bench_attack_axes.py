@@ -211,3 +211,44 @@ def test_model_guardian_policy_cells(tmp_path: Path) -> None:
     # a re-run finds the bundle in the cache (and every row done)
     again = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(out)])
     assert again.exit_code == 0 and "skipping 4 finished cells" in again.output
+
+
+@pytest.mark.slow
+def test_new_axes_give_the_same_rows_on_ray_and_resume(tmp_path: Path) -> None:
+    """Victims, policies and counter-moves: Ray rows equal serial rows, and a run cut short
+    (``--limit``) resumes to the same rows."""
+    from stealproof.bench.config import load_config
+    from stealproof.bench.runner import execute, plan_run
+    from stealproof.bench.store import stable_view
+
+    ray = pytest.importorskip("ray", reason="ray is not installed (CI installs it)")
+    grid = {
+        "name": "ray-axes",
+        "scenarios": [
+            {"name": "digits", "victim_training": {"epochs": 3}, "clone_training": {"epochs": 3}}
+        ],
+        "attacks": {"jbda": {"rounds": [2]}, "knockoff": {"average": [1, 2]}},
+        "victims": [{}, {"training": "ini", "ini": {"epochs": 2}}],
+        "policies": [None, {"max_flagged": 40}],
+        "defenses": {"none": [{}]},
+        "budgets": [400],
+    }
+    config = tmp_path / "axes.yaml"
+    config.write_text(yaml.safe_dump(grid, sort_keys=False))
+    serial = tmp_path / "serial"
+    first = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(serial),
+                                     "--limit", "5"])  # fmt: skip
+    assert first.exit_code == 0, first.output
+    rest = CliRunner().invoke(app, ["bench", "run", str(config), "--out", str(serial)])
+    assert rest.exit_code == 0 and "skipping 5 finished cells" in rest.output
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        execute(plan_run(load_config(config), tmp_path / "ray"), backend="ray", threads=1)
+    finally:
+        ray.shutdown()
+
+    def rows(out: Path) -> dict[str, dict[str, Any]]:
+        return {r["config_hash"]: stable_view(r) for r in ResultStore(out).rows()}
+
+    assert len(rows(serial)) == 12
+    assert rows(tmp_path / "ray") == rows(serial)
