@@ -26,7 +26,8 @@ def run_cmd(
         str,
         typer.Argument(
             metavar="CONFIG_OR_SUITE",
-            help="A YAML/TOML/JSON config file, or a built-in suite: smoke, mnist5k, smoke-full.",
+            help="A YAML/TOML/JSON config file, or a built-in suite: smoke, mnist5k, smoke-full, "
+            "mnist5k-full.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output directory (results, cache, report).")],
