@@ -37,7 +37,7 @@ from stealproof.data.datasets import Dataset, load_dataset
 from stealproof.data.pools import Pool, load_pool
 from stealproof.defenses.base import Defense
 from stealproof.demo import QUERY_LOG_SIZE
-from stealproof.detectors.guardian import GuardianDetector
+from stealproof.detectors.guardian import GuardianConfig, GuardianDetector
 from stealproof.errors import StealproofError
 from stealproof.experiment import CloneCache, defense_cost
 from stealproof.fingerprint import stable_hash
@@ -139,11 +139,9 @@ class Workspace:
 
     def guardian_key(self, cell: Cell) -> str | None:
         """Cache key of the cell's Model-Guardian bundle (None: its policy has no guardian)."""
-        if cell.policy is None or "guardian" not in cell.policy["detectors"]:
+        cfg = guardian_for(cell)
+        if cfg is None:
             return None
-        cfg = guardian_settings(cell.policy, cell.spec.dataset).model_copy(
-            update={"seed": cell.seed}
-        )
         content = {"kind": "guardian", "victim": self.victim_key(cell),
                    "config": cfg.model_dump(mode="json")}  # fmt: skip
         return stable_hash(content)[:32]
@@ -339,6 +337,13 @@ def prepare_artifacts(
             step(1)
 
 
+def guardian_for(cell: Cell) -> GuardianConfig | None:
+    """The Model-Guardian config of the cell's policy, seeded by the cell (None: no guardian)."""
+    if cell.policy is None or "guardian" not in cell.policy["detectors"]:
+        return None
+    return guardian_settings(cell.policy, cell.spec.dataset).model_copy(update={"seed": cell.seed})
+
+
 def _prepare_guardians(cells: list[Cell], ws: Workspace, progress: Progress | None) -> None:
     """Train (or find cached) the Model-Guardian bundle of every guardian policy's victim."""
     needed: dict[str, Cell] = {}
@@ -355,12 +360,10 @@ def _prepare_guardians(cells: list[Cell], ws: Workspace, progress: Progress | No
         return
     with _progress.task(progress, "guardian detectors", total=len(todo)) as step:
         for key, cell in todo.items():
-            assert cell.policy is not None
+            cfg = guardian_for(cell)
+            assert cfg is not None
             ds = ws.dataset(cell.spec.dataset, cell.data_dir)
             victim, _ = ws.victim(ws.victim_key(cell))
-            cfg = guardian_settings(cell.policy, cell.spec.dataset).model_copy(
-                update={"seed": cell.seed}
-            )
             ws.cache.ensure_guardian(
                 key, victim, ds.train.images, cfg, device=ws.device, progress=progress
             )

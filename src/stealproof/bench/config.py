@@ -723,6 +723,13 @@ def _check_data_free_budgets(attacks: Mapping[str, ThiefSpec], budgets: list[int
             )
 
 
+def _labels_unique(key: str, kind: str, labels: list[str]) -> None:
+    """Two settings of one axis may not share a name: the report could not tell them apart."""
+    for i, name in enumerate(labels):
+        if name in labels[:i]:
+            raise BenchConfigError(f"{key}[{i}]: a {kind} labelled {name!r} is already listed")
+
+
 def expand(config: BenchConfig) -> list[Cell]:
     """All cells of the grid, grouped by scenario and seed (the order they run in serially)."""
     scenarios: list[tuple[str, Scenario]] = []
@@ -737,15 +744,9 @@ def expand(config: BenchConfig) -> list[Cell]:
     settings = resolve_defenses(config.defenses)
     _check_data_free_budgets(attacks, config.budgets)
     victims = [v.resolved(f"victims[{i}]") for i, v in enumerate(config.victims)]
-    labels = [v["label"] if v else "plain" for v in victims]
-    for i, name in enumerate(labels):
-        if name in labels[:i]:
-            raise BenchConfigError(f"victims[{i}]: a victim labelled {name!r} is already listed")
+    _labels_unique("victims", "victim", [v["label"] if v else "plain" for v in victims])
     policies = [p.resolved(f"policies[{i}]") if p else None for i, p in enumerate(config.policies)]
-    names = [p["label"] if p else "none" for p in policies]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise BenchConfigError(f"policies[{i}]: a policy labelled {name!r} is already listed")
+    _labels_unique("policies", "policy", [p["label"] if p else "none" for p in policies])
     cells: list[Cell] = []
     for (label, scenario), seed, budget, victim, policy in itertools.product(
         scenarios, config.seeds, config.budgets, victims, policies

@@ -270,15 +270,17 @@ def _thief_table(group: Group, field: str, with_strongest: bool) -> list[str]:
     return _table(header, body, align)
 
 
+def _slug(s: str) -> str:
+    """A file-name-safe form of a scenario or attack label."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-") or "x"
+
+
 def plot_name(group: Group, groups: Sequence[Group]) -> str:
     """``tradeoff_<scenario>_<attack>.png`` (plus ``_<budget>q`` when budgets differ)."""
 
-    def slug(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-") or "x"
-
     budgets = {g.budget for g in groups if (g.scenario, g.attack) == (group.scenario, group.attack)}
     suffix = f"_{group.budget}q" if len(budgets) > 1 else ""
-    return f"tradeoff_{slug(group.scenario)}_{slug(group.attack)}{suffix}.png"
+    return f"tradeoff_{_slug(group.scenario)}_{_slug(group.attack)}{suffix}.png"
 
 
 def worst_case_groups(rows: Sequence[Row]) -> list[tuple[str, int, list[Row]]]:
@@ -298,9 +300,8 @@ def worst_case_groups(rows: Sequence[Row]) -> list[tuple[str, int, list[Row]]]:
 
 def worst_case_name(scenario: str, budget: int, groups: Sequence[tuple[str, int, Any]]) -> str:
     """``worstcase_<scenario>.png`` (plus ``_<budget>q`` when the scenario has several)."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario).strip("-") or "x"
     several = sum(1 for s, _, _ in groups if s == scenario) > 1
-    return f"worstcase_{slug}{f'_{budget}q' if several else ''}.png"
+    return f"worstcase_{_slug(scenario)}{f'_{budget}q' if several else ''}.png"
 
 
 def _worst_case_section(scenario: str, budget: int, rows: Sequence[Row], plot: str) -> list[str]:
