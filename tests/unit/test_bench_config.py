@@ -258,7 +258,10 @@ def test_invalid_yaml_is_one_line_with_the_file(tmp_path: Path) -> None:
 
 
 def test_suites_load_and_validate() -> None:
-    assert set(SUITES) == {"smoke", "mnist5k", "smoke-full", "mnist5k-full"}
+    assert set(SUITES) == {
+        "smoke", "mnist5k", "smoke-full", "mnist5k-full",
+        "paper-mnist", "paper-fashionmnist", "paper-cifar10",
+    }  # fmt: skip
     smoke = expand(load_config("smoke"))
     assert sorted(c.defense for c in smoke) == defenses.available()  # every defense once
     assert {c.scenario for c in smoke} == {"digits"}

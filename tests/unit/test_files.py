@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import pickle
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data_files import idx_bytes, write_cifar, write_idx
 from stealproof.data.files import (
     ArrayData,
     load_cifar,
@@ -25,31 +25,6 @@ from stealproof.data.files import (
     read_idx,
 )
 from stealproof.errors import DataFileError, InputValidationError
-
-_IDX_CODES = {
-    np.dtype(np.uint8): 0x08,
-    np.dtype(np.int8): 0x09,
-    np.dtype(np.int16): 0x0B,
-    np.dtype(np.int32): 0x0C,
-    np.dtype(np.float32): 0x0D,
-    np.dtype(np.float64): 0x0E,
-}
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode an array in IDX format (big-endian) with struct."""
-    header = struct.pack(">BBBB", 0, 0, _IDX_CODES[array.dtype], array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, *, compress: bool | None = None) -> Path:
-    """Write an IDX file, gzip-compressed when compress (default: name ends in .gz)."""
-    data = idx_bytes(array)
-    if compress if compress is not None else path.suffix == ".gz":
-        data = gzip.compress(data)
-    path.write_bytes(data)
-    return path
 
 
 def match(path: Path, text: str = "") -> str:
@@ -312,30 +287,6 @@ def test_load_npz_errors(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- CIFAR
-
-
-def write_cifar(
-    root: Path, variant: int, per_batch: int = 4, protocol: int = pickle.HIGHEST_PROTOCOL
-) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """Write a tiny fake CIFAR directory under root and return what each file holds."""
-    rng = np.random.default_rng(variant)
-    if variant == 10:
-        directory = root / "cifar-10-batches-py"
-        names, label_key = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"], b"labels"
-    else:
-        directory = root / "cifar-100-python"
-        names, label_key = ["train", "test"], b"fine_labels"
-    directory.mkdir(parents=True)
-    contents = {}
-    for name in names:
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, variant, size=per_batch)]
-        batch: dict[bytes, Any] = {b"data": data, label_key: labels, b"batch_label": b"x"}
-        if variant == 100:
-            batch[b"coarse_labels"] = [0] * per_batch
-        (directory / name).write_bytes(pickle.dumps(batch, protocol=protocol))
-        contents[name] = (data, labels)
-    return contents
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])

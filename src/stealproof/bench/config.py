@@ -508,11 +508,14 @@ def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
 
 
 def check_pool(where: str, pool: str) -> None:
-    """A pool name: built-in, ``<dataset>-unlabeled`` or ``file:PATH`` (checked on disk)."""
+    """A pool name: built-in, a file dataset's name, ``<dataset>-unlabeled`` or ``file:PATH``
+    (checked on disk)."""
     from stealproof.data import available_datasets, available_pools
 
     datasets = [d for d in available_datasets() if d != "file:PATH"]
-    pools = [p for p in available_pools() if p not in ("file:PATH", "<dataset>-unlabeled")]
+    placeholders = ("file:PATH", "<dataset>-unlabeled", "<file dataset>")
+    pools = [p for p in available_pools() if p not in placeholders]
+    pools += [d for d in datasets if available_datasets()[d] == "files"]
     held_back = pool.removesuffix("-unlabeled") if pool.endswith("-unlabeled") else None
     if pool.startswith("file:"):
         path = pool.removeprefix("file:")
@@ -959,15 +962,27 @@ def read_config_file(path: str | Path) -> Any:
         raise BenchConfigError(f"{p}: cannot read the config ({type(e).__name__})") from None
 
 
-def load_config(source: str | Path) -> BenchConfig:
-    """A config file (YAML/TOML/JSON) or the name of a built-in suite, fully validated."""
+def load_config(source: str | Path, *, data_dir: str | Path | None = None) -> BenchConfig:
+    """A config file (YAML/TOML/JSON) or the name of a built-in suite, fully validated.
+
+    ``data_dir`` (``bench run --data-dir``) replaces the config's ``data_dir``: where the file
+    datasets it names (``mnist``, ``cifar10``, ...) are read; the ``paper-*`` suites need it.
+    """
     from stealproof.bench.suites import SUITES, suite_data
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise BenchConfigError(f"--data-dir: {data_dir}: no such directory")
+
+    def parse(data: Any, where: str) -> BenchConfig:
+        if data_dir is not None and isinstance(data, dict):
+            data = {**data, "data_dir": str(data_dir)}
+        return parse_config(data, source=where)
 
     p = Path(source)
     if p.is_file():
-        return parse_config(read_config_file(p), source=str(p))
+        return parse(read_config_file(p), str(p))
     if str(source) in SUITES:
-        return parse_config(suite_data(str(source)), source=f"suite {source}")
+        return parse(suite_data(str(source)), f"suite {source}")
     raise BenchConfigError(
         f"CONFIG_OR_SUITE: {str(source)!r} is neither a config file nor a built-in suite "
         f"(suites: {', '.join(SUITES)})"

@@ -27,10 +27,19 @@ def run_cmd(
         typer.Argument(
             metavar="CONFIG_OR_SUITE",
             help="A YAML/TOML/JSON config file, or a built-in suite: smoke, mnist5k, smoke-full, "
-            "mnist5k-full.",
+            "mnist5k-full, paper-mnist, paper-fashionmnist, paper-cifar10 (the paper suites "
+            "need --data-dir).",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output directory (results, cache, report).")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Where file datasets are read (MNIST/, FashionMNIST/, KMNIST/ IDX files, "
+            "cifar-10-batches-py/, cifar-100-python/); replaces the config's data_dir.",
+        ),
+    ] = None,
     backend: Annotated[
         str, typer.Option("--backend", help="serial (this process) or ray (one task per cell).")
     ] = "serial",
@@ -103,7 +112,7 @@ def run_cmd(
         import_ray()  # fail before any work when Ray is missing
     dev = resolve_device(device, "--device")
     check_output_dir(out, "--out")
-    cfg = load_config(config)  # validates everything before any work
+    cfg = load_config(config, data_dir=data_dir)  # validates everything before any work
     _setup(threads if backend == "serial" else 0, quiet or as_json)  # Ray tasks set their own
     plan = plan_run(cfg, out, rerun_stale=rerun_stale)
     skipped, left = plan.skipped, len(plan.pending)

@@ -336,6 +336,22 @@ def load_dataset(
     return _assemble(name, find(data_dir), split_test, classes)
 
 
+def file_dataset_names() -> list[str]:
+    """The file datasets read by name from ``data_dir`` (``mnist``, ``cifar10``, ...)."""
+    return list(_FILE_DATASETS)
+
+
+def load_file_dataset_images(name: str, data_dir: str | Path | None) -> ArrayData:
+    """Every image of a file dataset's train split (else its only split), labels kept.
+
+    A thief's pool drawn from another dataset than the victim's (the papers' setting: MNIST
+    stolen with letters, CIFAR-10 with CIFAR-100), so nothing is held back.
+    """
+    if name not in _FILE_DATASETS:
+        raise UnknownNameError(unknown_name_message("file dataset", name, file_dataset_names()))
+    return _FILE_DATASETS[name][0](data_dir).base
+
+
 def load_unlabeled(name: str, data_dir: str | Path | None = None) -> ArrayData:
     """The unlabeled (thief) split of a dataset, disjoint from its victim train and test data.
 

@@ -15,7 +15,13 @@ import torch
 from torch import Tensor
 
 from stealproof._names import unknown_name_message
-from stealproof.data.datasets import digits_images, load_unlabeled, mnist5k_images
+from stealproof.data.datasets import (
+    digits_images,
+    file_dataset_names,
+    load_file_dataset_images,
+    load_unlabeled,
+    mnist5k_images,
+)
 from stealproof.data.files import load_file_images
 from stealproof.data.synthetic import make_noise, make_shapes
 from stealproof.data.transforms import fit_glyphs, match_channels, random_affine, resize
@@ -104,7 +110,9 @@ def load_pool(
     Names: ``digits28`` (sklearn digits framed like MNIST), ``mnist8`` (MNIST-5k framed like
     sklearn digits), ``noise``, ``shapes`` (synthetic), ``<dataset>-unlabeled`` (the held-back
     split of a dataset, see :func:`stealproof.data.datasets.load_unlabeled`; file datasets read
-    ``data_dir``; ``file:PATH-unlabeled`` is that of dataset ``file:PATH``), ``file:PATH``
+    ``data_dir``; ``file:PATH-unlabeled`` is that of dataset ``file:PATH``), a file dataset's
+    name (``kmnist``, ``cifar100``, ...: every image of its train split, from ``data_dir``;
+    the papers' thieves query another dataset than the victim's), ``file:PATH``
     (your own images, labels optional: an IDX images file or directory (train or t10k split),
     .npz, .npy, a CIFAR directory, an image folder with class sub-directories or a flat folder
     of images).
@@ -123,6 +131,9 @@ def load_pool(
     if name == "shapes":
         x, kind = make_shapes(SYNTHETIC_SIZE, channels, size, g)
         return Pool(name, x, kind)
+    if name in file_dataset_names():
+        whole = load_file_dataset_images(name, data_dir)
+        return Pool(name, _shape_to(whole.images, channels, size, name), whole.labels)
     own_file = name.startswith("file:") and Path(name.removeprefix("file:")).exists()
     if name.endswith("-unlabeled") and not own_file:  # also file:PATH-unlabeled
         unlabeled = load_unlabeled(name.removesuffix("-unlabeled"), data_dir)
@@ -140,7 +151,15 @@ def load_pool(
             else torch.unique(labels, return_inverse=True)[1]
         )
         return Pool(name, _shape_to(images, channels, size, name), groups)
-    known = ["digits28", "mnist8", "noise", "shapes", "digits-unlabeled", "mnist5k-unlabeled"]
+    known = [
+        "digits28",
+        "mnist8",
+        "noise",
+        "shapes",
+        "digits-unlabeled",
+        "mnist5k-unlabeled",
+        *file_dataset_names(),
+    ]
     raise UnknownNameError(unknown_name_message("pool", name, known) + " or file:PATH")
 
 
@@ -154,5 +173,7 @@ def available_pools() -> dict[str, str]:
         "mnist5k-unlabeled": "500 MNIST-5k images disjoint from the victim's data",
         "digits-unlabeled": "300 sklearn digits disjoint from the victim's data",
         "<dataset>-unlabeled": "held-back split of a file dataset (needs --data-dir)",
+        "<file dataset>": "every train image of a file dataset: mnist, fashionmnist, kmnist, "
+        "cifar10, cifar100 (needs --data-dir)",
         "file:PATH": "your own images, labels optional (IDX, .npz, .npy, CIFAR, image folder)",
     }
