@@ -377,6 +377,17 @@ def test_a_file_pool_is_checked_at_load(tmp_path: Path) -> None:
     parse_config(cfg(scenarios=[{"name": "digits", "pool": f"file:{tmp_path / 'pool.npz'}"}]))
 
 
+def test_mixture_and_file_dataset_pools_are_checked_at_load() -> None:
+    parse_config(cfg(scenarios=[{"name": "digits", "pool": "shapes+noise"}]))
+    parse_config(cfg(scenarios=[{"name": "digits", "pool": "kmnist"}]))  # read at run time
+    msg = error_of(cfg(scenarios=[{"name": "digits", "pool": "shapes+nois"}]))
+    assert "scenarios[0].pool" in msg and "unknown pool 'nois'" in msg
+    assert "joined by '+'" in error_of(cfg(scenarios=[{"name": "digits", "pool": "noise+noise"}]))
+    ini = {"training": "ini", "ood": "shapes+noise+digits28"}
+    parse_config(cfg(victims=[{}, ini]))
+    assert "victims[1].ood" in error_of(cfg(victims=[{}, {**ini, "ood": "shapes+x"}]))
+
+
 # ------------------------------------------------------------------ file datasets (#12)
 
 

@@ -23,7 +23,7 @@ from stealproof.data.datasets import (
 from stealproof.data.pools import SYNTHETIC_SIZE, Pool, available_pools, load_pool
 from stealproof.data.synthetic import make_noise, make_shapes
 from stealproof.data.transforms import fit_glyphs, match_channels, random_affine, resize
-from stealproof.errors import DataFileError, UnknownNameError
+from stealproof.errors import ConfigError, DataFileError, UnknownNameError
 
 
 def row_hashes(images: Tensor) -> list[str]:
@@ -506,3 +506,25 @@ def test_fit_glyphs_output_size_and_framing() -> None:
     framed[..., :, :4] = 0
     framed[..., :, 24:] = 0
     torch.testing.assert_close(fit_glyphs(framed, (8, 8), 4 / 28, 0.0), small)
+
+
+def test_mixture_pool_holds_every_image_of_each_part_with_groups_kept_apart() -> None:
+    shapes = load_pool("shapes", channels=1, image_size=(28, 28), seed=3)
+    digits = load_pool("digits28", channels=1, image_size=(28, 28), seed=3)
+    mix = load_pool("shapes+digits28", channels=1, image_size=(28, 28), seed=3)
+    assert mix.name == "shapes+digits28" and len(mix) == len(shapes) + len(digits)
+    assert torch.equal(mix.images[: len(shapes)], shapes.images)
+    assert torch.equal(mix.images[len(shapes) :], digits.images)
+    assert torch.equal(mix.groups[len(shapes) :], digits.groups + shapes.num_groups)
+    assert mix.num_groups == shapes.num_groups + digits.num_groups
+
+
+@pytest.mark.parametrize("name", ["shapes+shapes", "shapes+", "+noise"])
+def test_mixture_pool_refuses_a_repeated_or_empty_part(name: str) -> None:
+    with pytest.raises(ConfigError, match="joined by '\\+'"):
+        load_pool(name, channels=1, image_size=(28, 28))
+
+
+def test_mixture_pool_names_an_unknown_part() -> None:
+    with pytest.raises(UnknownNameError, match="unknown pool 'nois'; did you mean noise"):
+        load_pool("shapes+nois", channels=1, image_size=(28, 28))

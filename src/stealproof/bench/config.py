@@ -508,12 +508,22 @@ def _resolve_scenario(i: int, spec: ScenarioSpec) -> tuple[str, Scenario]:
 
 
 def check_pool(where: str, pool: str) -> None:
-    """A pool name: built-in, a file dataset's name, ``<dataset>-unlabeled`` or ``file:PATH``
-    (checked on disk)."""
+    """A pool name: built-in, a file dataset's name, ``<dataset>-unlabeled``, ``file:PATH``
+    (checked on disk) or a mixture of them joined by ``+``."""
     from stealproof.data import available_datasets, available_pools
 
+    if "+" in pool and not pool.startswith("file:"):
+        parts = pool.split("+")
+        if any(not p for p in parts) or len(set(parts)) != len(parts):
+            raise BenchConfigError(
+                f"{where}: {pool!r}: a mixture names two or more different pools joined by "
+                "'+', e.g. shapes+noise"
+            )
+        for part in parts:
+            check_pool(where, part)
+        return
     datasets = [d for d in available_datasets() if d != "file:PATH"]
-    placeholders = ("file:PATH", "<dataset>-unlabeled", "<file dataset>")
+    placeholders = ("file:PATH", "<dataset>-unlabeled", "<file dataset>", "<pool>+<pool>")
     pools = [p for p in available_pools() if p not in placeholders]
     pools += [d for d in datasets if available_datasets()[d] == "files"]
     held_back = pool.removesuffix("-unlabeled") if pool.endswith("-unlabeled") else None

@@ -112,12 +112,15 @@ def load_pool(
     split of a dataset, see :func:`stealproof.data.datasets.load_unlabeled`; file datasets read
     ``data_dir``; ``file:PATH-unlabeled`` is that of dataset ``file:PATH``), a file dataset's
     name (``kmnist``, ``cifar100``, ...: every image of its train split, from ``data_dir``;
-    the papers' thieves query another dataset than the victim's), ``file:PATH``
+    the papers' thieves query another dataset than the victim's), ``a+b`` (a mixture: every
+    image of each pool, e.g. ``shapes+noise`` as an OOD proxy), ``file:PATH``
     (your own images, labels optional: an IDX images file or directory (train or t10k split),
     .npz, .npy, a CIFAR directory, an image folder with class sub-directories or a flat folder
     of images).
     """
     size = (int(image_size[0]), int(image_size[1]))
+    if "+" in name and not name.startswith("file:"):
+        return _mixture(name, channels=channels, size=size, seed=seed, data_dir=data_dir)
     g = torch.Generator().manual_seed(seed)
     if name == "digits28":
         x, y = digits_images()
@@ -163,6 +166,25 @@ def load_pool(
     raise UnknownNameError(unknown_name_message("pool", name, known) + " or file:PATH")
 
 
+def _mixture(
+    name: str, *, channels: int, size: tuple[int, int], seed: int, data_dir: str | Path | None
+) -> Pool:
+    """``a+b+...``: every image of each named pool, each pool's groups kept apart."""
+    parts = name.split("+")
+    if any(not p for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"pool {name!r}: a mixture names two or more different pools joined by '+', "
+            "e.g. shapes+noise"
+        )
+    images, groups, offset = [], [], 0
+    for part in parts:
+        pool = load_pool(part, channels=channels, image_size=size, seed=seed, data_dir=data_dir)
+        images.append(pool.images)
+        groups.append(pool.groups + offset)
+        offset += pool.num_groups
+    return Pool(name, torch.cat(images), torch.cat(groups))
+
+
 def available_pools() -> dict[str, str]:
     """Pool names with a one-line description."""
     return {
@@ -176,4 +198,5 @@ def available_pools() -> dict[str, str]:
         "<file dataset>": "every train image of a file dataset: mnist, fashionmnist, kmnist, "
         "cifar10, cifar100 (needs --data-dir)",
         "file:PATH": "your own images, labels optional (IDX, .npz, .npy, CIFAR, image folder)",
+        "<pool>+<pool>": "a mixture: every image of each pool, e.g. shapes+noise",
     }
