@@ -3,8 +3,8 @@
 Trains a victim (LeNet on ``mnist5k``; an MLP on ``digits`` with ``quick=True``), then for each
 registered defense at its demo strength spends a query budget through a metered black box and
 trains a soft-label clone and a label-only clone on the answers. Defenses registered later show
-up here automatically, except response-only ones (``in_demo = False``: ``deceptive``, a detection
-policy's answer to flagged rows).
+up here automatically, except those with ``in_demo = False``: ``deceptive`` (a detection policy's
+answer to flagged rows) and ``watermark`` (an ownership tool, see ``stealproof verify``).
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ def test_quick_demo_writes_results(tmp_path: Path) -> None:
     rows = json.loads(results.read_text())
     assert rows[0]["defense"] == "none"
     assert sorted(r["defense"] for r in rows) == sorted(demo_defenses())
-    # every registered defense except the response-only ones (a policy's answer to flagged rows)
-    assert set(defenses.available()) - set(demo_defenses()) == {"deceptive"}
+    # every registered defense except the response-only one (a policy's answer to flagged rows)
+    # and the ownership watermark
+    assert set(defenses.available()) - set(demo_defenses()) == {"deceptive", "watermark"}
     for r in rows:
         assert set(r) == FIELDS
         for key in ("defender_acc", "clone_acc", "clone_fidelity", "label_only_clone_acc"):

@@ -1,8 +1,8 @@
 """The ``stealproof`` command line.
 
 One module per command group (``demo``, ``victims``, ``attack``, ``defenses``, ``catalogue``,
-``bench``, ``guardian``, ``serve``, ``db``, ``keys``, ``clients``), each importing only
-:mod:`stealproof.cli._shared` (consoles, progress, error handling, common options) and the
+``bench``, ``guardian``, ``serve``, ``db``, ``keys``, ``clients``, ``verify``), each importing
+only :mod:`stealproof.cli._shared` (consoles, progress, error handling, common options) and the
 library; this module puts them together. Errors a user can cause (bad input, missing files,
 unknown names, spent budgets) print one line and exit with status 2; no traceback.
 """
@@ -25,6 +25,7 @@ from stealproof.cli import (
     guardian,
     keys,
     serve,
+    verify,
     victims,
 )
 from stealproof.cli._shared import auto_threads, console, dumps_strict, parse_params, progress_bar
@@ -65,6 +66,7 @@ app.add_typer(guardian.app, name="guardian")
 app.add_typer(db.db_app, name="db")
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(clients.clients_app, name="clients")
+app.add_typer(verify.verify_app, name="verify")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from stealproof.defenses import (  # noqa: F401  (imported to register the defen
     rounding,
     top1,
     topk,
+    watermark,
 )
 from stealproof.defenses.base import Defense, DefenseConfig
 from stealproof.defenses.registry import available, create, get_defense_class, register
