@@ -36,7 +36,10 @@ def attack_all(victim: torch.nn.Module, ds: Any, sc: Any, budget: int, seed: int
     transfer = ko.collect(box, pool, budget)
     soft, _ = train_clone(make, transfer, sc.clone_training, seed=seed)
     labels, _ = train_clone(make, transfer, sc.clone_training, label_only=True, seed=seed)
-    seeds = ds.unlabeled.images[:150]
+    # a seeded random sample: the built-in splits keep their source's order, and mnist5k's
+    # source is sorted by class (its first 150 images are 0s, 1s and 2s)
+    pick = torch.randperm(len(ds.unlabeled.images), generator=torch.Generator().manual_seed(seed))
+    seeds = ds.unlabeled.images[pick[:150]]
     jb_box = BlackBox(victim, None, budget=budget)
     jb = JBDA(seed=seed, train=sc.clone_training).run(jb_box, seeds, budget, make, eval_data=test)
     return {

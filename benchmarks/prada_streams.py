@@ -108,7 +108,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             else:
                 cls = {"jbda": JBDA, "jb-self": JBSelf, "jb-top3": JBTop3}[name]
                 attack = cls(seed=seed, train=sc.clone_training)
-                seeds = ds.unlabeled.images[:n_seed]
+                # a seeded random sample: mnist5k's splits are sorted by class
+                g = torch.Generator().manual_seed(seed)
+                pick = torch.randperm(len(ds.unlabeled.images), generator=g)[:n_seed]
+                seeds = ds.unlabeled.images[pick]
                 stream = attack.run(box, seeds, args.budget, make).transfer.images
                 key = f"{name}@seed_set={n_seed}"
                 source = f"seed set: first {n_seed} images of the thief's unlabeled split"
