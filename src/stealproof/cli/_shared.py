@@ -122,6 +122,28 @@ def dumps_strict(obj: Any, **kwargs: Any) -> str:
     return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
+def resolve_api_key(
+    api_key: str | None, api_key_file: Path | None, *, api_key_given: bool, missing: str
+) -> str:
+    """The client's API key from ``--api-key`` or ``--api-key-file`` (one of them, not both).
+
+    ``api_key_given``: ``--api-key`` came from the command line (not only from the environment);
+    ``missing`` is the error when neither gives a key.
+    """
+    if api_key_file is not None:
+        if api_key_given:
+            raise ConfigError("--api-key, --api-key-file: pass one of them")
+        try:
+            api_key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(
+                f"--api-key-file: cannot read {api_key_file} ({e.strerror})"
+            ) from None
+    if not api_key:
+        raise ConfigError(missing)
+    return api_key
+
+
 def check_victim_data(model: Any, data_shape: tuple[int, ...], what: str) -> None:
     """Refuse data whose image shape is not the victim's, before any defense is built."""
     want = tuple(getattr(model, "input_shape", ()) or ())

@@ -24,6 +24,7 @@ from stealproof.cli._shared import (
     friendly_errors,
     parse_params,
     progress_bar,
+    resolve_api_key,
     resolve_dataset,
     sample_pool,
 )
@@ -447,18 +448,13 @@ def _remote_options(
         raise ConfigError("--model: name the served model to attack (see GET /v2/models/NAME)")
     if dataset is None and victim is None:
         raise ConfigError("--dataset: with --target, name the dataset that scores the clone")
-    if api_key_file is not None:
-        if api_key is not None:
-            raise ConfigError("--api-key, --api-key-file: pass one of them")
-        try:
-            api_key = api_key_file.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(
-                f"--api-key-file: cannot read {api_key_file} ({e.strerror})"
-            ) from None
-    if not api_key:
-        raise ConfigError("--api-key: with --target, pass the client's key (or --api-key-file)")
-    return target.rstrip("/"), api_key, served_model
+    key = resolve_api_key(
+        api_key,
+        api_key_file,
+        api_key_given=api_key is not None,
+        missing="--api-key: with --target, pass the client's key (or --api-key-file)",
+    )
+    return target.rstrip("/"), key, served_model
 
 
 def _remote_clone_factory(architecture: str, shape: tuple[int, ...], classes: int | None) -> Any:

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from stealproof.cli._shared import _setup, console, dumps_strict, err_console, friendly_errors
+from stealproof.cli._shared import (
+    _setup,
+    console,
+    dumps_strict,
+    err_console,
+    friendly_errors,
+    resolve_api_key,
+)
 from stealproof.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -407,18 +414,12 @@ def _api_key(
         if explicit or api_key_file is not None:
             raise ConfigError("--api-key/--api-key-file: only for a suspect given as a URL")
         return None
-    if api_key_file is not None:
-        if explicit:
-            raise ConfigError("--api-key, --api-key-file: pass one of them")
-        try:
-            api_key = api_key_file.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(
-                f"--api-key-file: cannot read {api_key_file} ({e.strerror})"
-            ) from None
-    if not api_key:
-        raise ConfigError("--api-key: a URL suspect needs the client's key (or --api-key-file)")
-    return api_key
+    return resolve_api_key(
+        api_key,
+        api_key_file,
+        api_key_given=explicit,
+        missing="--api-key: a URL suspect needs the client's key (or --api-key-file)",
+    )
 
 
 def _check(
