@@ -347,6 +347,7 @@ class ArtifactCache:
             manifest = {
                 "defense": cls.name,
                 "config": defense_config,
+                "params": defense.params,
                 "models": roles,
                 "fingerprints": prints,
                 "stamp": make_stamp(victim_fp, dict(content)),
@@ -395,6 +396,13 @@ class ArtifactCache:
             raise CacheError(f"cached defense models {path}: not a bundle manifest")
         assert isinstance(manifest, dict)
         return manifest
+
+    def prepared_params(self, key: str) -> dict[str, Any]:
+        """The config the bundle's ``prepare()`` returned (its own values, e.g. a threshold)."""
+        params = self.read_manifest(key).get("params", {})
+        if not isinstance(params, dict):
+            raise CacheError(f"cached defense models {self.defense_dir(key)}: bad params")
+        return params
 
     def load_defense_models(self, key: str, victim_fp: str) -> dict[str, Any]:
         """The cached models by constructor keyword (``None`` where the defense had none).

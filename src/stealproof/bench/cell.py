@@ -373,12 +373,17 @@ def _prepare_guardians(cells: list[Cell], ws: Workspace, progress: Progress | No
 def build_defense(cell: Cell, ws: Workspace) -> Defense:
     """The cell's defense, its models (if any) loaded from the cache: ``cls(config, **models)``."""
     cls = defenses.get_defense_class(cell.defense)
-    config = cls.make_config(**cell.defense_config)
     bkey = ws.bundle_key(cell)
     if bkey is None:
-        defense = cls(config)
+        defense = cls(cls.make_config(**cell.defense_config))
     else:
-        defense = cls(config, **ws.defense_models(bkey, ws.victim_key(cell)))
+        models = ws.defense_models(bkey, ws.victim_key(cell))
+        # fields the cell leaves unset (None) that prepare() set: label_watermark's threshold
+        params = dict(cell.defense_config)
+        for k, v in ws.cache.prepared_params(bkey).items():
+            if params.get(k) is None:
+                params[k] = v
+        defense = cls(cls.make_config(**params), **models)
     if ws.device is not None:
         defense.to(ws.device)
     return defense
