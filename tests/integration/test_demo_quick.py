@@ -27,7 +27,11 @@ def test_quick_demo_writes_results(tmp_path: Path) -> None:
     assert sorted(r["defense"] for r in rows) == sorted(demo_defenses())
     # every registered defense except the response-only one (a policy's answer to flagged rows)
     # and the ownership watermark
-    assert set(defenses.available()) - set(demo_defenses()) == {"deceptive", "watermark"}
+    assert set(defenses.available()) - set(demo_defenses()) == {
+        "deceptive",
+        "label_watermark",
+        "watermark",
+    }
     for r in rows:
         assert set(r) == FIELDS
         for key in ("defender_acc", "clone_acc", "clone_fidelity", "label_only_clone_acc"):

@@ -430,3 +430,48 @@ def test_a_tampered_key_is_refused(files: Files) -> None:
         "checksum mismatch",
     )
     assert "modified or is corrupt" in line
+
+
+def test_collect_turns_label_watermark_records_into_a_key(tmp_path: Path) -> None:
+    from stealproof.defenses.label_watermark import LabelWatermark
+    from stealproof.oracle import victim_posteriors
+
+    victim = mlp(3)
+    x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y, logits = victim_posteriors(victim, x)
+    rec = tmp_path / "records"
+    d = LabelWatermark.prepare(victim, x, fpr=0.1, seed=11, record_dir=str(rec))
+    served = d(x, y, logits)
+    out = tmp_path / "owner.key"
+    r = invoke("verify", "collect", "--records", str(rec), "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    relabelled = int((served.argmax(1) != y.argmax(1)).sum())
+    assert info["n"] == relabelled and info["record_files"] == 1
+    key = load_key_set(out)
+    assert key.n == relabelled and key.num_groups == info["groups"]
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    # the victim itself never answers the secret labels: not accused
+    save_checkpoint(victim, tmp_path / "victim.pt")
+    check = check_json("--key", str(out), "--suspect", str(tmp_path / "victim.pt"))
+    assert check["p_value"] == 1.0
+    # wrong input: one line each
+    user_error(invoke("verify", "collect", "--records", str(rec), "--out", str(out)), "exists")
+    user_error(
+        invoke("verify", "collect", "--records", str(tmp_path / "none"), "--out", str(out) + "2"),
+        "not a directory",
+    )
+    user_error(
+        invoke("verify", "collect", "--records", str(tmp_path), "--out", str(out) + "3"),
+        "no label_watermark records",
+    )
+    user_error(
+        invoke(
+            "verify", "collect", "--records", str(rec), "--out", str(out) + "4", "--max-keys", "0"
+        ),
+        "--max-keys",
+    )
+    r = invoke(
+        "verify", "collect", "--records", str(rec), "--out", str(out) + "5", "--max-keys", "5"
+    )
+    assert r.exit_code == 0 and "5 relabelled queries" in r.stdout, r.output

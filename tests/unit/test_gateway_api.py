@@ -402,3 +402,34 @@ def test_guardian_policy_answers_deceptively_then_blocks(
         log = c.get("/v1/admin/clients/mallory/log", headers=ADMIN).json()
         assert [a for e in reversed(log) for a in e["actions"]] == ["deceptive"] * 6
         assert c.get("/v1/clients/me", headers=h).json()["standing"] == "blocked"
+
+
+def test_label_watermark_records_what_the_gateway_relabelled(
+    victim: Path,
+    db_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from stealproof.defenses.label_watermark import LabelWatermark
+    from stealproof.models import load_checkpoint
+    from stealproof.oracle import victim_posteriors
+    from stealproof.ownership import key_set_from_records
+
+    model, _ = load_checkpoint(victim)
+    x = images(8, seed=3)
+    clean, logits = victim_posteriors(model, torch.from_numpy(x))
+    threshold = float(logits.amax(1).median())  # about half the rows relabelled
+    records = tmp_path / "records"
+    params = {"threshold": threshold, "seed": 3, "record_dir": str(records)}
+    config = write_config(tmp_path, victim, db_url, defense="label_watermark", params=params)
+    keys = create_clients(db_url, "owner-test")
+    with TestClient(create_app(load_settings(config))) as client:
+        r = client.post("/v2/models/digits/infer", json=body(x), headers=auth(keys["owner-test"]))
+    assert r.status_code == 200, r.text
+    got = torch.tensor(r.json()["outputs"][0]["data"]).reshape(8, 10)
+    want = LabelWatermark(threshold=threshold, seed=3)(torch.from_numpy(x), clean, logits)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    relabelled = got.argmax(1) != clean.argmax(1)
+    assert 0 < int(relabelled.sum()) < 8
+    key = key_set_from_records(records)
+    assert key.n == int(relabelled.sum())
+    assert sorted(key.labels.tolist()) == sorted(got.argmax(1)[relabelled].tolist())

@@ -1,9 +1,11 @@
 """``stealproof verify``: prove that a suspect model was derived from a watermarked one.
 
-``keygen`` makes the secret grouped key set, ``check`` (or ``verify --key ... --suspect ...``
-directly) tests a suspect checkpoint or gateway URL against it with an exact test over the
-secret label draw, and ``calibrate`` scores the owner's own independently trained reference
-models on the key: context shown next to a verdict, never a change to its p-value.
+``keygen`` makes the secret grouped key set (for the ``watermark`` defense), ``collect`` the key
+set of the ``label_watermark`` defense from its records, ``check`` (or
+``verify --key ... --suspect ...`` directly) tests a suspect checkpoint or gateway URL against
+it with an exact test over the secret label draw, and ``calibrate`` scores the owner's own
+independently trained reference models on the key: context shown next to a verdict, never a
+change to its p-value.
 """
 
 from __future__ import annotations
@@ -108,6 +110,32 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     return (dims[0], dims[1], dims[2])
 
 
+def _check_new_key_file(out: Path, force: bool) -> None:
+    """``--out`` must be writable, and an existing key file is replaced only with ``--force``."""
+    from stealproof._io import check_output_file
+
+    check_output_file(out, "--out")
+    if out.exists() and not force:
+        raise ConfigError(
+            f"--out: {out} exists; a key file is the owner's evidence, so it is not "
+            "overwritten (pass --force to replace it)"
+        )
+
+
+def _key_summary(key: KeySet, out: Path, **extra: Any) -> dict[str, Any]:
+    """What ``keygen`` and ``collect`` report of the key file they wrote (``--json``)."""
+    return {
+        "key": str(out),
+        "fingerprint": key.fingerprint,
+        "n": key.n,
+        "groups": key.num_groups,
+        "shape": list(key.input_shape),
+        "classes": key.num_classes,
+        **extra,
+        "min_p": key.min_p,
+    }
+
+
 @verify_app.command("keygen")
 @friendly_errors
 def keygen_cmd(
@@ -154,17 +182,11 @@ def keygen_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a secret key set: out-of-distribution images in groups, one secret label each."""
-    from stealproof._io import check_output_file
     from stealproof.models import load_checkpoint
     from stealproof.ownership import generate_key_set, save_key_set
     from stealproof.ownership.keys import GENERATORS
 
-    check_output_file(out, "--out")
-    if out.exists() and not force:
-        raise ConfigError(
-            f"--out: {out} exists; a key file is the owner's evidence, so it is not "
-            "overwritten (pass --force to replace it)"
-        )
+    _check_new_key_file(out, force)
     if n < 1:
         raise ConfigError(f"--n: expected a positive number of key inputs, got {n}")
     if kind not in GENERATORS:
@@ -199,17 +221,7 @@ def keygen_cmd(
         victim=model,
     )
     save_key_set(key, out)
-    result = {
-        "key": str(out),
-        "fingerprint": key.fingerprint,
-        "n": key.n,
-        "groups": key.num_groups,
-        "shape": list(key.input_shape),
-        "classes": key.num_classes,
-        "kind": kind,
-        "avoids_victim_top1": model is not None,
-        "min_p": key.min_p,
-    }
+    result = _key_summary(key, out, kind=kind, avoids_victim_top1=model is not None)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -230,6 +242,50 @@ def keygen_cmd(
     console.print(
         "keep this file secret and safe (mode 0600): it is the evidence of ownership and "
         "cannot be re-made without its seed",
+        highlight=False,
+    )
+
+
+@verify_app.command("collect")
+@friendly_errors
+def collect_cmd(
+    records: Annotated[
+        Path,
+        typer.Option(
+            "--records",
+            help="The record_dir the label_watermark defense wrote the relabelled queries to.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Key file to write (kept secret).")],
+    max_keys: Annotated[
+        int | None, typer.Option("--max-keys", help="Keep at most this many keys.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make the key set of a label watermark: every query it relabelled, with the label given."""
+    from stealproof.ownership import key_set_from_records, save_key_set
+
+    _check_new_key_file(out, force)
+    if max_keys is not None and max_keys < 1:
+        raise ConfigError(f"--max-keys: expected a positive number, got {max_keys}")
+    _setup(1, True)
+    key = key_set_from_records(records, max_keys=max_keys)
+    save_key_set(key, out)
+    result = _key_summary(key, out, record_files=key.metadata.get("files"))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    c, h, w = key.input_shape
+    console.print(
+        f"wrote {out}: key {key.fingerprint}, {key.n} relabelled queries {c}x{h}x{w} from "
+        f"{result['record_files']} record files, {key.num_groups} groups (victim classes), "
+        f"{key.num_classes} classes; smallest possible p-value {key.min_p:.3g}",
+        highlight=False,
+    )
+    console.print(
+        "keep this file and the records secret (they hold the class map): they are the "
+        "evidence of ownership",
         highlight=False,
     )
 

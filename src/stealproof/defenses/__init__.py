@@ -9,6 +9,7 @@ from stealproof.defenses import (  # noqa: F401  (imported to register the defen
     deceptive,
     grad2,
     identity,
+    label_watermark,
     mad,
     noise,
     random_mass,

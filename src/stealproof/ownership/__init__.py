@@ -8,11 +8,13 @@
 from stealproof.ownership.keys import (
     KeyFileError,
     KeySet,
+    class_map_key_set,
     generate_key_set,
     key_set_from_tensors,
     load_key_set,
     save_key_set,
 )
+from stealproof.ownership.records import key_set_from_records
 from stealproof.ownership.stats import (
     Verdict,
     binomial_sf,
@@ -46,12 +48,14 @@ __all__ = [
     "answer_counts",
     "binomial_sf",
     "calibrate",
+    "class_map_key_set",
     "decide",
     "default_calibration_path",
     "generate_key_set",
     "group_null_pmf",
     "group_p_value",
     "groups_matched",
+    "key_set_from_records",
     "key_set_from_tensors",
     "load_calibration",
     "load_key_set",

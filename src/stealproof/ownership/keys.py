@@ -412,6 +412,40 @@ def key_set_from_tensors(
     )
 
 
+def class_map_key_set(
+    images: Tensor,
+    classes: Tensor,
+    label_map: Tensor,
+    metadata: dict[str, Any] | None = None,
+) -> KeySet:
+    """Keys relabelled by a secret class map: image ``i`` (victim class ``c_i``) → ``m[c_i]``.
+
+    One group per victim class present, avoiding that class: the test randomises over the map's
+    entries, each uniform over the other classes (:func:`stealproof.defenses.label_watermark.\
+secret_label_map`). Identical images are kept once.
+    """
+    if images.shape[0] < 1:
+        raise InputValidationError(
+            "key set: no relabelled images (the watermark relabelled none of them)"
+        )
+    flat = images.detach().to(torch.float32).reshape(images.shape[0], -1).cpu().numpy()
+    seen: dict[bytes, int] = {}
+    for i, row in enumerate(flat):
+        seen.setdefault(hashlib.sha256(row.tobytes()).digest(), i)
+    keep = torch.tensor(sorted(seen.values()), dtype=torch.int64)
+    images, classes = images[keep], classes[keep].long()
+    present = torch.unique(classes)
+    groups = torch.searchsorted(present, classes)
+    return key_set_from_tensors(
+        images,
+        label_map.long()[classes],
+        int(label_map.shape[0]),
+        groups=groups,
+        avoid=present,
+        metadata={"groups_by": "victim class", **(metadata or {})},
+    )
+
+
 def save_key_set(key: KeySet, path: str | Path) -> Path:
     """Write ``key`` with its checksum to ``path`` (owner-only mode 0600, through a rename)."""
     named = key._named()
