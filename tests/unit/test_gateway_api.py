@@ -433,3 +433,24 @@ def test_label_watermark_records_what_the_gateway_relabelled(
     key = key_set_from_records(records)
     assert key.n == int(relabelled.sum())
     assert sorted(key.labels.tolist()) == sorted(got.argmax(1)[relabelled].tolist())
+
+
+def test_worker_processes_take_the_threads_serve_gives_them(
+    victim: Path,
+    db_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``serve --workers N`` passes each worker its torch threads: a spawned worker would start
+    with one thread per core, and N of them would contend for every core."""
+    from stealproof.serve.app import CONFIG_ENV, THREADS_ENV, app_from_env
+
+    config = write_config(tmp_path, victim, db_url)
+    before = torch.get_num_threads()
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    monkeypatch.setenv(THREADS_ENV, "1" if before != 1 else "2")
+    try:
+        app_from_env()
+        assert torch.get_num_threads() == (1 if before != 1 else 2)
+    finally:
+        torch.set_num_threads(before)

@@ -162,8 +162,9 @@ def serve_cmd(
     if config is None:
         raise ConfigError("serve: pass --config FILE (or --demo for a first try)")
     settings = _settings(config)
-    _setup(threads or max(1, auto_threads() // workers), quiet=True)
-    from stealproof.serve.app import CONFIG_ENV, build_gateway, create_app
+    per_worker = threads or max(1, auto_threads() // workers)
+    _setup(per_worker, quiet=True)
+    from stealproof.serve.app import CONFIG_ENV, THREADS_ENV, build_gateway, create_app
     from stealproof.serve.metrics import prepare_multiprocess
 
     settings.admin_key()  # a bad admin key fails before anything is served
@@ -206,6 +207,7 @@ def serve_cmd(
         else:
             engine.dispose()
             os.environ[CONFIG_ENV] = str(Path(config).resolve())
+            os.environ[THREADS_ENV] = str(per_worker)
             uvicorn.run(
                 "stealproof.serve.app:app_from_env",
                 factory=True,

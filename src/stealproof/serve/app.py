@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: The environment variable ``stealproof serve --workers N`` passes the config path in.
 CONFIG_ENV = "STEALPROOF_SERVE_CONFIG"
+#: ... and the torch threads of each worker (a spawned worker starts with torch's default, one
+#: thread per core: N workers would each use every core and spin against one another).
+THREADS_ENV = "STEALPROOF_SERVE_THREADS"
 
 
 def build_gateway(settings: ServeSettings, *, with_models: bool = True) -> tuple[Gateway, Any]:
@@ -150,5 +153,11 @@ def _read_session(app: FastAPI) -> Any:
 
 
 def app_from_env() -> FastAPI:
-    """The app for uvicorn's worker processes: settings from ``$STEALPROOF_SERVE_CONFIG``."""
+    """The app for uvicorn's worker processes: settings from ``$STEALPROOF_SERVE_CONFIG``, torch
+    threads from ``$STEALPROOF_SERVE_THREADS`` (when set)."""
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     return create_app(load_settings(os.environ[CONFIG_ENV]))
