@@ -64,6 +64,18 @@ def test_relabel_swaps_top1_with_the_map_in_masked_rows_only() -> None:
     assert torch.equal(out[mask].gather(1, label_map[top[mask]][:, None]), y[mask].amax(1, True))
     torch.testing.assert_close(out.sum(1), torch.ones(y.shape[0]))
     assert not torch.equal(out, y) and torch.equal(y, batch()[1])  # input untouched
+    # min_top raises the secret label's probability, scaling the others down to make room
+    raised = relabel(y, mask, label_map, min_top=0.9)
+    torch.testing.assert_close(raised.sum(1), torch.ones(y.shape[0]))
+    assert torch.equal(raised[~mask], y[~mask])
+    new = label_map[top[mask]][:, None]
+    assert bool((raised[mask].gather(1, new) >= 0.9 - 1e-6).all())
+    assert torch.equal(raised[mask].argmax(1), label_map[top[mask]])
+    others = raised[mask].scatter(1, new, 0.0) / out[mask].scatter(1, new, 0.0).clamp_min(1e-30)
+    low = out[mask].gather(1, new)[:, 0] < 0.9  # rows that were raised: others scaled alike
+    assert bool(low.any())
+    ratio = others[low].max(1).values / others[low].masked_fill(others[low] == 0, 9).min(1).values
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=1e-4, atol=1e-4)
 
 
 def test_relabel_makes_the_new_label_strict_on_ties() -> None:
