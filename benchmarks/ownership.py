@@ -18,6 +18,7 @@ queried: the owner's own earlier query log, relabelled: ``p_value_log``). Prints
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import shutil
 import tempfile
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     log_images, _ = pool.draw(2000, torch.Generator().manual_seed(1))  # the owner's query log
 
     records = Path(tempfile.mkdtemp(prefix="ownership-records-"))
+    atexit.register(shutil.rmtree, records, True)  # also when a step below fails
 
     def serve(secret: int, record: bool) -> Defense:
         if args.defense == "label_watermark":
@@ -168,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         assert isinstance(owner, Watermark)
         key, extra_keys = owner.key, {}
-    shutil.rmtree(records, ignore_errors=True)
     rows: list[dict[str, Any]] = []
     for model, kind, attack, seed, extra in models:
         v = verify(model, key)

@@ -421,18 +421,19 @@ def class_map_key_set(
     """Keys relabelled by a secret class map: image ``i`` (victim class ``c_i``) → ``m[c_i]``.
 
     One group per victim class present, avoiding that class: the test randomises over the map's
-    entries, each uniform over the other classes (:func:`stealproof.defenses.label_watermark.\
-secret_label_map`). Identical images are kept once.
+    entries, each uniform over the other classes (``label_watermark.secret_label_map``).
+    Identical images are kept once (the first of them, in the given order).
     """
     if images.shape[0] < 1:
         raise InputValidationError(
             "key set: no relabelled images (the watermark relabelled none of them)"
         )
-    flat = images.detach().to(torch.float32).reshape(images.shape[0], -1).cpu().numpy()
-    seen: dict[bytes, int] = {}
-    for i, row in enumerate(flat):
-        seen.setdefault(hashlib.sha256(row.tobytes()).digest(), i)
-    keep = torch.tensor(sorted(seen.values()), dtype=torch.int64)
+    n = images.shape[0]
+    flat = images.detach().to(torch.float32).reshape(n, -1).cpu()
+    _, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.int64)
+    first = first.scatter_reduce(0, inverse, torch.arange(n), reduce="amin")
+    keep = first.sort().values
     images, classes = images[keep], classes[keep].long()
     present = torch.unique(classes)
     groups = torch.searchsorted(present, classes)

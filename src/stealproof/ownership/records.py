@@ -23,8 +23,10 @@ def _read(path: Path) -> tuple[Tensor, Tensor, Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
         raise DataFileError(f"{path}: not a label_watermark record ({e})") from None
+    if not isinstance(data, dict):
+        raise DataFileError(f"{path}: not a label_watermark record (images, classes, label_map)")
     parts = data.get("images"), data.get("classes"), data.get("label_map")
-    if not isinstance(data, dict) or not all(isinstance(t, Tensor) for t in parts):
+    if not all(isinstance(t, Tensor) for t in parts):
         raise DataFileError(f"{path}: not a label_watermark record (images, classes, label_map)")
     images, classes, label_map = parts
     assert images is not None and classes is not None and label_map is not None
