@@ -208,13 +208,17 @@ def serve_cmd(
             engine.dispose()
             os.environ[CONFIG_ENV] = str(Path(config).resolve())
             os.environ[THREADS_ENV] = str(per_worker)
-            uvicorn.run(
-                "stealproof.serve.app:app_from_env",
-                factory=True,
-                fd=sock.fileno(),
-                workers=workers,
-                log_level=log_level,
-                timeout_graceful_shutdown=5,
+            from stealproof.serve.balance import run_workers
+
+            run_workers(
+                uvicorn.Config(
+                    "stealproof.serve.app:app_from_env",
+                    factory=True,
+                    workers=workers,
+                    log_level=log_level,
+                    timeout_graceful_shutdown=5,
+                ),
+                sock,
             )
     finally:
         sock.close()
