@@ -48,6 +48,23 @@ def test_board_slots_counts_and_dead_workers() -> None:
         ConnectionBoard(slots=0)
 
 
+def test_a_killed_worker_not_yet_reaped_is_not_alive() -> None:
+    board = ConnectionBoard(slots=2)
+    mine = board.claim(os.getpid())
+    board.publish(mine, 3)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 20
+    while (
+        time.monotonic() < deadline
+        and os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    ):
+        time.sleep(0.01)  # exited, left a zombie (not reaped: WNOWAIT)
+    zombie = board.claim(child.pid)
+    assert board.lowest_other(mine) is None  # its 0 does not count
+    assert zombie not in board.counts()
+    child.wait()
+
+
 def test_board_full() -> None:
     board = ConnectionBoard(slots=1)
     board.claim(os.getpid())
@@ -102,23 +119,44 @@ def test_defers_to_a_worker_with_fewer_connections(listener: socket.socket) -> N
     bal.close()
 
 
-def test_a_new_wait_starts_when_the_board_moves(listener: socket.socket) -> None:
-    """The other worker took the waiting connection: a later one waits its full time again."""
+def test_a_wait_starts_with_a_queued_connection(listener: socket.socket) -> None:
+    """asyncio asks again after every accept: an empty queue starts no wait, so a connection
+    that comes later is still left to the other worker for the full ``defer``."""
     board = ConnectionBoard(slots=4)
-    other = board.claim(os.getppid())
+    board.claim(os.getppid())  # a live "worker" that holds nothing
     bal = BalancedSocket.wrap(listener, board)
     bal.defer = 0.15
     c1 = connect(listener)
     a, _ = bal.accept()
     with pytest.raises(BlockingIOError):
-        bal.accept()  # nothing queued, but 1 > 0: the wait starts
+        bal.accept()  # nothing queued
+    assert bal._waiting is None
     time.sleep(bal.defer + 0.05)
-    board.publish(other, 1)  # the other worker took a connection meanwhile ...
-    board.accepted()
-    board.publish(other, 0)  # ... which closed again: the counts are back where they were
     c2 = connect(listener)
     with pytest.raises(BlockingIOError):
-        bal.accept()  # a connection was accepted since the old wait began: a new wait
+        bal.accept()  # 1 held > 0: the wait starts now, not at the empty look above
+    assert bal._waiting is not None
+    time.sleep(bal.defer + 0.05)
+    b, _ = bal.accept()
+    for s in (a, b, c1, c2):
+        s.close()
+    bal.close()
+
+
+def test_a_new_wait_starts_when_another_worker_accepted(listener: socket.socket) -> None:
+    board = ConnectionBoard(slots=4)
+    board.claim(os.getppid())
+    bal = BalancedSocket.wrap(listener, board)
+    bal.defer = 0.15
+    c1 = connect(listener)
+    a, _ = bal.accept()
+    c2 = connect(listener)
+    with pytest.raises(BlockingIOError):
+        bal.accept()  # the wait starts
+    time.sleep(bal.defer + 0.05)
+    board.accepted()  # the other worker took a connection meanwhile
+    with pytest.raises(BlockingIOError):
+        bal.accept()  # so the one still queued starts a new wait
     time.sleep(bal.defer + 0.05)
     b, _ = bal.accept()
     for s in (a, b, c1, c2):

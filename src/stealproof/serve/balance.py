@@ -17,30 +17,39 @@ import contextlib
 import inspect
 import multiprocessing
 import os
+import select
 import socket
 import time
 from collections.abc import Callable
 from multiprocessing.reduction import DupFd, ForkingPickler
+from pathlib import Path
 from typing import Any
 
-#: Seconds a worker that holds more connections than another leaves a new one to the others.
-DEFER = 0.002
+#: Seconds a worker that holds more connections than another leaves a new one to the others
+#: (the less busy worker takes it within a millisecond on an idle machine; on a loaded one it
+#: may wait for a time slice of the CPU first).
+DEFER = 0.02
 
 #: Seconds a deferring worker sleeps between looks (its event loop polls the socket meanwhile).
-_NAP = 0.0001
+_NAP = 0.0005
 
 #: Workers one table has room for (a slot per live worker process).
 SLOTS = 64
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a killed worker not yet reaped by its parent does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, owned by someone else
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (not Linux), or it just ended
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class ConnectionBoard:
@@ -135,6 +144,7 @@ class BalancedSocket(socket.socket):
     _held = 0
     #: the board's accept count when this worker began to leave a connection to others, and when
     _waiting: tuple[int, float] | None = None
+    _poll: Any = None
 
     @classmethod
     def wrap(cls, sock: socket.socket, board: ConnectionBoard) -> BalancedSocket:
@@ -166,7 +176,8 @@ class BalancedSocket(socket.socket):
     def _should_wait(self) -> bool:
         assert self._slot is not None
         lowest = self.board.lowest_other(self._slot)
-        if lowest is None or self._held <= lowest:
+        if lowest is None or self._held <= lowest or not self._pending():
+            # an empty queue (asyncio asks again after every accept) starts no wait
             self._waiting = None
             return False
         now = time.monotonic()
@@ -175,6 +186,13 @@ class BalancedSocket(socket.socket):
         if self._waiting is None or self._waiting[0] != accepts:
             self._waiting = (accepts, now)
         return now - self._waiting[1] < self.defer
+
+    def _pending(self) -> bool:
+        """Whether a connection waits in the accept queue (a zero-timeout poll)."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.fileno(), select.POLLIN)
+        return bool(self._poll.poll(0))
 
     def _closed_one(self) -> None:
         self._held = max(0, self._held - 1)
