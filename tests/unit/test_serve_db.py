@@ -20,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 import serve_db_fixtures as dbfx
 from stealproof.errors import ConfigError, InputValidationError, OutputPathError
@@ -144,6 +145,29 @@ def test_postgres_idle_connections_are_tested_and_replaced(tmp_path: Path) -> No
         finally:
             eng.dispose()
             admin.dispose()
+
+
+def test_postgres_pool_hands_out_the_connection_returned_last(tmp_path: Path) -> None:
+    """LIFO: a worker keeps reusing its warm connection (oldest-first would cycle the pool)."""
+    with temp_database("postgresql", tmp_path) as url:
+        eng = make_engine(url)
+        try:
+            pid = text("SELECT pg_backend_pid()")
+            a, b = eng.connect(), eng.connect()  # two connections in the pool
+            first, second = a.execute(pid).scalar_one(), b.execute(pid).scalar_one()
+            a.close()
+            b.close()  # returned last
+            for _ in range(3):
+                with eng.connect() as conn:
+                    assert conn.execute(pid).scalar_one() == second != first
+        finally:
+            eng.dispose()
+        no_pool = make_engine(url, poolclass=NullPool)  # an explicit pool class is kept
+        try:
+            with no_pool.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        finally:
+            no_pool.dispose()
 
 
 def test_upgrade_creates_the_sqlite_directory(tmp_path: Path) -> None:
