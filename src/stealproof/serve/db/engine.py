@@ -131,8 +131,8 @@ def make_engine(
     own setting. ``ping_after_idle``: PostgreSQL
     connections idle for longer are tested at checkout (default :data:`PING_AFTER_IDLE`; see
     :func:`_ping_idle_connections`). PostgreSQL's pool hands out the connection returned last
-    (``pool_use_lifo``): in the load benchmark a two-worker gateway ran 9–16% more requests/s
-    than with SQLAlchemy's default, oldest-first order. Extra ``kwargs`` go to
+    (``pool_use_lifo``) rather than SQLAlchemy's default, oldest-first order, so a worker stays
+    on its warm connections (measured in docs/gateway.md, "Load benchmark"). Extra ``kwargs`` go to
     :func:`sqlalchemy.create_engine` (e.g. ``poolclass`` in tests).
     """
     if postgres_synchronous_commit not in POSTGRES_SYNCHRONOUS_COMMIT:
